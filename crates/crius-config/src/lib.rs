@@ -1,0 +1,360 @@
+//! crius configuration.
+//!
+//! The file is TOML (`/etc/crius/crius.toml` by default). Every table rejects unknown keys so a
+//! typo is an error naming the key instead of a silently ignored setting. Command-line flags are
+//! applied on top by the daemon (see [`Config::apply_overrides`]).
+
+mod duration;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crius_error::{ErrorKind, HasKind};
+use serde::{Deserialize, Serialize};
+
+pub use duration::{HumanDuration, parse_duration};
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/crius/crius.toml";
+pub const DEFAULT_ROOT: &str = "/var/lib/crius";
+pub const DEFAULT_STATE: &str = "/run/crius";
+pub const DEFAULT_LISTEN: &str = "/run/crius/crius.sock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config: {field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+impl HasKind for ConfigError {
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::InvalidArgument
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    Cgroupfs,
+    Systemd,
+}
+
+impl CgroupDriver {
+    /// The kubelet's default choice: systemd when systemd runs the host, else cgroupfs.
+    pub fn detect() -> CgroupDriver {
+        if Path::new("/run/systemd/system").is_dir()
+            && std::fs::read_to_string("/proc/1/comm")
+                .map(|c| c.trim() == "systemd")
+                .unwrap_or(false)
+        {
+            CgroupDriver::Systemd
+        } else {
+            CgroupDriver::Cgroupfs
+        }
+    }
+}
+
+/// The whole configuration, as effective after defaults and flags.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Persistent data: images, layers, metadata.
+    pub root: PathBuf,
+    /// Runtime state that does not survive a reboot.
+    pub state: PathBuf,
+    /// The CRI Unix socket.
+    pub listen: PathBuf,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    /// `None` means detect at start-up.
+    pub cgroup_driver: Option<CgroupDriver>,
+    /// How long in-flight RPCs may run after SIGTERM before the daemon exits anyway.
+    pub shutdown_timeout: HumanDuration,
+    pub image: ImageConfig,
+    /// Per-registry settings keyed by registry host (`docker.io`, `localhost:5000`, ...).
+    pub registries: BTreeMap<String, RegistryHostConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageConfig {
+    /// Layers downloaded in parallel within one pull.
+    pub max_concurrent_downloads: usize,
+    /// A pull that receives no byte for this long fails.
+    pub pull_progress_timeout: HumanDuration,
+    /// Images reported as `pinned` (never garbage collected by the kubelet).
+    pub pinned_images: Vec<String>,
+    /// The sandbox ("pause") image, if any; always pinned.
+    pub sandbox_image: Option<String>,
+}
+
+/// Settings for one registry host, in the spirit of containerd's `hosts.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryHostConfig {
+    /// Endpoints tried in order before the registry itself, e.g. `http://localhost:5000` or
+    /// `https://mirror.example/prefix` (a path prefix is put in front of the repository).
+    pub mirrors: Vec<String>,
+    /// Speak plain HTTP to this registry (its mirrors carry their own scheme).
+    pub insecure: bool,
+    /// Accept any TLS certificate (testing only).
+    pub skip_verify: bool,
+    /// Extra CA bundle (PEM) trusted for this registry and its mirrors.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// When false the registry itself is not tried after its mirrors (air-gapped nodes).
+    pub fallback_to_upstream: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            root: DEFAULT_ROOT.into(),
+            state: DEFAULT_STATE.into(),
+            listen: DEFAULT_LISTEN.into(),
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
+            cgroup_driver: None,
+            shutdown_timeout: HumanDuration(Duration::from_secs(10)),
+            image: ImageConfig::default(),
+            registries: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        ImageConfig {
+            max_concurrent_downloads: 3,
+            pull_progress_timeout: HumanDuration(Duration::from_secs(60)),
+            pinned_images: Vec::new(),
+            sandbox_image: None,
+        }
+    }
+}
+
+/// Values given on the command line; each one that is set wins over the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub root: Option<PathBuf>,
+    pub state: Option<PathBuf>,
+    pub listen: Option<PathBuf>,
+    pub log_level: Option<String>,
+    pub log_format: Option<LogFormat>,
+}
+
+impl Config {
+    /// Parses TOML text; `origin` names the file in errors.
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_path_buf(),
+            // toml's message names the unknown key and where it is.
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Loads `path`. A missing file is only acceptable when `required` is false (the default
+    /// path): then the embedded defaults are used.
+    pub fn load(path: &Path, required: bool) -> Result<Config, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::from_toml(&text, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                Ok(Config::default())
+            }
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    pub fn apply_overrides(&mut self, o: Overrides) -> Result<(), ConfigError> {
+        if let Some(v) = o.root {
+            self.root = v;
+        }
+        if let Some(v) = o.state {
+            self.state = v;
+        }
+        if let Some(v) = o.listen {
+            self.listen = v;
+        }
+        if let Some(v) = o.log_level {
+            self.log_level = v;
+        }
+        if let Some(v) = o.log_format {
+            self.log_format = v;
+        }
+        self.validate()
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &str, message: &str| {
+            Err(ConfigError::Invalid {
+                field: field.into(),
+                message: message.into(),
+            })
+        };
+        for (field, path) in [
+            ("root", &self.root),
+            ("state", &self.state),
+            ("listen", &self.listen),
+        ] {
+            if !path.is_absolute() {
+                return invalid(
+                    field,
+                    &format!("{} is not an absolute path", path.display()),
+                );
+            }
+        }
+        if self.image.max_concurrent_downloads == 0 {
+            return invalid("image.max_concurrent_downloads", "must be at least 1");
+        }
+        if self.image.pull_progress_timeout.0.is_zero() {
+            return invalid("image.pull_progress_timeout", "must be greater than zero");
+        }
+        for (host, reg) in &self.registries {
+            if host.is_empty() || host.contains('/') {
+                return invalid(
+                    &format!("registries.{host:?}"),
+                    "must be a registry host[:port]",
+                );
+            }
+            for m in &reg.mirrors {
+                if !(m.starts_with("http://") || m.starts_with("https://")) {
+                    return invalid(
+                        &format!("registries.{host:?}.mirrors"),
+                        &format!("{m:?} must start with http:// or https://"),
+                    );
+                }
+            }
+            if reg.client_cert.is_some() != reg.client_key.is_some() {
+                return invalid(
+                    &format!("registries.{host:?}.client_cert"),
+                    "client_cert and client_key must be set together",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub fn cgroup_driver(&self) -> CgroupDriver {
+        self.cgroup_driver.unwrap_or_else(CgroupDriver::detect)
+    }
+
+    /// The effective configuration as JSON (for `Status` verbose and `criusctl info`).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        v["cgroup_driver"] = serde_json::to_value(self.cgroup_driver()).unwrap_or_default();
+        v
+    }
+}
+
+impl Default for RegistryHostConfig {
+    fn default() -> Self {
+        RegistryHostConfig {
+            mirrors: Vec::new(),
+            insecure: false,
+            skip_verify: false,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            fallback_to_upstream: true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.root, PathBuf::from(DEFAULT_ROOT));
+        assert_eq!(c.image.max_concurrent_downloads, 3);
+        assert_eq!(c.image.pull_progress_timeout.0, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse("roots = \"/x\"").unwrap_err().to_string();
+        assert!(err.contains("roots"), "{err}");
+        let err = parse("[image]\nmax_downloads = 2").unwrap_err().to_string();
+        assert!(err.contains("max_downloads"), "{err}");
+        let err = parse("[registries.\"docker.io\"]\nmirror = []")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mirror"), "{err}");
+    }
+
+    #[test]
+    fn registries_and_durations() {
+        let c = parse(
+            r#"
+            [image]
+            pull_progress_timeout = "1m30s"
+            [registries."docker.io"]
+            mirrors = ["http://localhost:5000"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.image.pull_progress_timeout.0, Duration::from_secs(90));
+        let r = &c.registries["docker.io"];
+        assert_eq!(r.mirrors, vec!["http://localhost:5000".to_string()]);
+        assert!(r.fallback_to_upstream);
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        let err = parse("[image]\nmax_concurrent_downloads = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("image.max_concurrent_downloads"), "{err}");
+        let err = parse("root = \"relative\"").unwrap_err().to_string();
+        assert!(err.contains("root"), "{err}");
+        let err = parse("[registries.\"x\"]\nmirrors = [\"localhost:5000\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mirrors"), "{err}");
+    }
+
+    #[test]
+    fn overrides_win() {
+        let mut c = parse("root = \"/a\"").unwrap();
+        c.apply_overrides(Overrides {
+            root: Some("/b".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.root, PathBuf::from("/b"));
+    }
+
+    #[test]
+    fn missing_default_file_is_fine_but_explicit_is_not() {
+        let p = Path::new("/nonexistent/crius.toml");
+        assert!(Config::load(p, false).is_ok());
+        assert!(Config::load(p, true).is_err());
+    }
+}

@@ -1,0 +1,51 @@
+//! The gRPC services of criusd.
+//!
+//! One file per RPC under `runtime/` and `image/`: each validates its request, handles
+//! idempotency, and calls the core crates. Domain errors become `tonic::Status` in one place,
+//! [`status`]. Every RPC is logged by one tower layer, [`logging::RpcLogLayer`].
+
+mod context;
+mod internal;
+pub mod logging;
+pub mod status;
+
+mod image;
+mod runtime;
+
+use std::future::Future;
+
+use k8s_cri::v1::image_service_server::ImageServiceServer;
+use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+pub use context::{Context, VersionInfo};
+
+/// Largest message accepted or sent: ListContainers on a busy node can be large (kubelet's
+/// own limit is 16 MiB).
+const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
+/// Serves every service on `listener` until `shutdown` resolves, then stops accepting and
+/// lets in-flight RPCs finish (the caller bounds how long that may take).
+pub async fn serve(
+    ctx: Context,
+    listener: UnixListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let ctx = std::sync::Arc::new(ctx);
+    let runtime = RuntimeServiceServer::new(runtime::Runtime::new(ctx.clone()))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let images = ImageServiceServer::new(image::Images::new(ctx.clone()))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let internal =
+        crius_proto::v1::images_server::ImagesServer::new(internal::InternalImages::new(ctx));
+    tonic::transport::Server::builder()
+        .layer(logging::RpcLogLayer)
+        .add_service(runtime)
+        .add_service(images)
+        .add_service(internal)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await
+}

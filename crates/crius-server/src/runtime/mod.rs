@@ -1,0 +1,216 @@
+//! `runtime.v1.RuntimeService`: one file per implemented RPC; the rest answer Unimplemented.
+
+mod runtime_config;
+mod status;
+mod update_runtime_config;
+mod version;
+
+use std::sync::Arc;
+
+use k8s_cri::v1::runtime_service_server::RuntimeService;
+use k8s_cri::v1::*;
+use tonic::{Request, Response, Status};
+
+use crate::context::Context;
+use crate::status::unimplemented;
+
+pub struct Runtime {
+    ctx: Arc<Context>,
+}
+
+impl Runtime {
+    pub fn new(ctx: Arc<Context>) -> Runtime {
+        Runtime { ctx }
+    }
+}
+
+type R<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl RuntimeService for Runtime {
+    async fn version(&self, req: Request<VersionRequest>) -> R<VersionResponse> {
+        version::handle(&self.ctx, req.into_inner()).map(Response::new)
+    }
+
+    async fn status(&self, req: Request<StatusRequest>) -> R<StatusResponse> {
+        status::handle(&self.ctx, req.into_inner()).map(Response::new)
+    }
+
+    async fn runtime_config(&self, req: Request<RuntimeConfigRequest>) -> R<RuntimeConfigResponse> {
+        runtime_config::handle(&self.ctx, req.into_inner()).map(Response::new)
+    }
+
+    async fn update_runtime_config(
+        &self,
+        req: Request<UpdateRuntimeConfigRequest>,
+    ) -> R<UpdateRuntimeConfigResponse> {
+        update_runtime_config::handle(&self.ctx, req.into_inner()).map(Response::new)
+    }
+
+    type GetContainerEventsStream = std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<ContainerEventResponse, Status>> + Send>,
+    >;
+
+    async fn get_container_events(
+        &self,
+        _req: Request<GetEventsRequest>,
+    ) -> R<Self::GetContainerEventsStream> {
+        Err(unimplemented("GetContainerEvents"))
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        _req: Request<RunPodSandboxRequest>,
+    ) -> R<RunPodSandboxResponse> {
+        Err(unimplemented("RunPodSandbox"))
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        _req: Request<StopPodSandboxRequest>,
+    ) -> R<StopPodSandboxResponse> {
+        Err(unimplemented("StopPodSandbox"))
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        _req: Request<RemovePodSandboxRequest>,
+    ) -> R<RemovePodSandboxResponse> {
+        Err(unimplemented("RemovePodSandbox"))
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        _req: Request<PodSandboxStatusRequest>,
+    ) -> R<PodSandboxStatusResponse> {
+        Err(unimplemented("PodSandboxStatus"))
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        _req: Request<ListPodSandboxRequest>,
+    ) -> R<ListPodSandboxResponse> {
+        Err(unimplemented("ListPodSandbox"))
+    }
+
+    async fn create_container(
+        &self,
+        _req: Request<CreateContainerRequest>,
+    ) -> R<CreateContainerResponse> {
+        Err(unimplemented("CreateContainer"))
+    }
+
+    async fn start_container(
+        &self,
+        _req: Request<StartContainerRequest>,
+    ) -> R<StartContainerResponse> {
+        Err(unimplemented("StartContainer"))
+    }
+
+    async fn stop_container(
+        &self,
+        _req: Request<StopContainerRequest>,
+    ) -> R<StopContainerResponse> {
+        Err(unimplemented("StopContainer"))
+    }
+
+    async fn remove_container(
+        &self,
+        _req: Request<RemoveContainerRequest>,
+    ) -> R<RemoveContainerResponse> {
+        Err(unimplemented("RemoveContainer"))
+    }
+
+    async fn list_containers(
+        &self,
+        _req: Request<ListContainersRequest>,
+    ) -> R<ListContainersResponse> {
+        Err(unimplemented("ListContainers"))
+    }
+
+    async fn container_status(
+        &self,
+        _req: Request<ContainerStatusRequest>,
+    ) -> R<ContainerStatusResponse> {
+        Err(unimplemented("ContainerStatus"))
+    }
+
+    async fn update_container_resources(
+        &self,
+        _req: Request<UpdateContainerResourcesRequest>,
+    ) -> R<UpdateContainerResourcesResponse> {
+        Err(unimplemented("UpdateContainerResources"))
+    }
+
+    async fn reopen_container_log(
+        &self,
+        _req: Request<ReopenContainerLogRequest>,
+    ) -> R<ReopenContainerLogResponse> {
+        Err(unimplemented("ReopenContainerLog"))
+    }
+
+    async fn exec_sync(&self, _req: Request<ExecSyncRequest>) -> R<ExecSyncResponse> {
+        Err(unimplemented("ExecSync"))
+    }
+
+    async fn exec(&self, _req: Request<ExecRequest>) -> R<ExecResponse> {
+        Err(unimplemented("Exec"))
+    }
+
+    async fn attach(&self, _req: Request<AttachRequest>) -> R<AttachResponse> {
+        Err(unimplemented("Attach"))
+    }
+
+    async fn port_forward(&self, _req: Request<PortForwardRequest>) -> R<PortForwardResponse> {
+        Err(unimplemented("PortForward"))
+    }
+
+    async fn container_stats(
+        &self,
+        _req: Request<ContainerStatsRequest>,
+    ) -> R<ContainerStatsResponse> {
+        Err(unimplemented("ContainerStats"))
+    }
+
+    async fn list_container_stats(
+        &self,
+        _req: Request<ListContainerStatsRequest>,
+    ) -> R<ListContainerStatsResponse> {
+        Err(unimplemented("ListContainerStats"))
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        _req: Request<PodSandboxStatsRequest>,
+    ) -> R<PodSandboxStatsResponse> {
+        Err(unimplemented("PodSandboxStats"))
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        _req: Request<ListPodSandboxStatsRequest>,
+    ) -> R<ListPodSandboxStatsResponse> {
+        Err(unimplemented("ListPodSandboxStats"))
+    }
+
+    async fn checkpoint_container(
+        &self,
+        _req: Request<CheckpointContainerRequest>,
+    ) -> R<CheckpointContainerResponse> {
+        Err(unimplemented("CheckpointContainer"))
+    }
+
+    async fn list_metric_descriptors(
+        &self,
+        _req: Request<ListMetricDescriptorsRequest>,
+    ) -> R<ListMetricDescriptorsResponse> {
+        Err(unimplemented("ListMetricDescriptors"))
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _req: Request<ListPodSandboxMetricsRequest>,
+    ) -> R<ListPodSandboxMetricsResponse> {
+        Err(unimplemented("ListPodSandboxMetrics"))
+    }
+}

@@ -1,0 +1,217 @@
+//! Atomic on-disk state.
+//!
+//! Everything crius persists goes through [`atomic_write`]: write a temp file in the same
+//! directory, fsync it, rename it over the target, fsync the directory. A crash leaves either
+//! the old or the new content, never a torn file.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use crius_error::{ErrorKind, HasKind};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("decoding {path}: {source}")]
+    Decode {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error(
+        "another criusd is already running with root {root} (lock file {lock} is held{holder})"
+    )]
+    Locked {
+        root: PathBuf,
+        lock: PathBuf,
+        holder: String,
+    },
+}
+
+impl HasKind for StateError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            StateError::Io { source, .. } => ErrorKind::from_io(source),
+            StateError::Decode { .. } => ErrorKind::DataLoss,
+            StateError::Locked { .. } => ErrorKind::FailedPrecondition,
+        }
+    }
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StateError + 'a {
+    move |source| StateError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Replaces `path` with `data` atomically and durably.
+pub fn atomic_write(path: &Path, data: &[u8]) -> Result<(), StateError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let write = || -> io::Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        fsync_dir(dir)
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        StateError::Io {
+            op: "writing",
+            path: path.to_path_buf(),
+            source: e,
+        }
+    })
+}
+
+/// Makes a rename or create inside `dir` durable.
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
+    let data = serde_json::to_vec_pretty(value).map_err(|e| StateError::Decode {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    atomic_write(path, &data)
+}
+
+/// Reads a JSON record; `Ok(None)` when the file does not exist.
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
+    match fs::read(path) {
+        Ok(data) => serde_json::from_slice(&data)
+            .map(Some)
+            .map_err(|e| StateError::Decode {
+                path: path.to_path_buf(),
+                source: e,
+            }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err("reading", path)(e)),
+    }
+}
+
+pub fn create_dir_all(path: &Path, mode: u32) -> Result<(), StateError> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(io_err("creating directory", path))
+}
+
+/// An exclusive lock on a daemon root, held for the life of the process.
+#[derive(Debug)]
+pub struct RootLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl RootLock {
+    /// Takes `<root>/criusd.lock` or fails at once naming the holder's pid.
+    pub fn acquire(root: &Path) -> Result<RootLock, StateError> {
+        create_dir_all(root, 0o711)?;
+        let path = root.join("criusd.lock");
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err("opening lock file", &path))?;
+        // flock, not fcntl locks: fcntl locks are per process and vanish when any fd of the
+        // file is closed, which a daemon cannot guarantee.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let holder = fs::read_to_string(&path)
+                    .ok()
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .map(|pid| format!(" by pid {pid}"))
+                    .unwrap_or_default();
+                return Err(StateError::Locked {
+                    root: root.to_path_buf(),
+                    lock: path,
+                    holder,
+                });
+            }
+            return Err(io_err("locking", &path)(err));
+        }
+        file.set_len(0)
+            .map_err(io_err("truncating lock file", &path))?;
+        writeln!(file, "{}", std::process::id()).map_err(io_err("writing lock file", &path))?;
+        Ok(RootLock { _file: file, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.json");
+        write_json(&p, &vec![1, 2, 3]).unwrap();
+        write_json(&p, &vec![4]).unwrap();
+        let v: Vec<i32> = read_json(&p).unwrap().unwrap();
+        assert_eq!(v, vec![4]);
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn missing_record_is_none_and_garbage_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.json");
+        assert!(read_json::<Vec<i32>>(&p).unwrap().is_none());
+        fs::write(&p, b"{not json").unwrap();
+        let err = read_json::<Vec<i32>>(&p).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::DataLoss);
+        assert!(err.to_string().contains("x.json"));
+    }
+
+    #[test]
+    fn second_lock_on_same_root_fails_with_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = RootLock::acquire(dir.path()).unwrap();
+        // flock locks belong to the open file description, so a second open conflicts even
+        // within one process, exactly like a second daemon would.
+        let err = RootLock::acquire(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("another criusd"), "{err}");
+        assert!(err.contains(&std::process::id().to_string()), "{err}");
+        drop(first);
+        RootLock::acquire(dir.path()).unwrap();
+    }
+}

@@ -1,0 +1,217 @@
+//! criusd: the crius CRI daemon. Sets up config, logging, the root lock and signals, wires the
+//! stores into the gRPC services, and drains on shutdown.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use clap::Parser;
+use crius_config::{Config, LogFormat, Overrides};
+use crius_image::{ImageStore, PullOptions, Puller, StoreOptions};
+use crius_server::{Context, VersionInfo};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info, warn};
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+const COMMIT: &str = env!("CRIUS_GIT_COMMIT");
+
+#[derive(Debug, Parser)]
+#[command(name = "criusd", version = concat!(env!("CARGO_PKG_VERSION"), "+", env!("CRIUS_GIT_COMMIT")), about = "crius: a Kubernetes CRI container runtime")]
+struct Args {
+    /// Configuration file (TOML). Without this flag /etc/crius/crius.toml is read if present.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Unix socket to serve the CRI on.
+    #[arg(long)]
+    listen: Option<PathBuf>,
+    /// Directory for persistent data (images, layers, metadata).
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Directory for runtime state (cleared by a reboot).
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive list.
+    #[arg(long)]
+    log_level: Option<String>,
+    /// Log output format.
+    #[arg(long, value_enum)]
+    log_format: Option<Format>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+fn main() {
+    let args = Args::parse();
+    let config = match load_config(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("criusd: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    init_tracing(&config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(config)) {
+        Ok(()) => {}
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("criusd: {e:#}");
+            std::process::exit(1);
+        }
+    }
+    // Pulls that outlived the drain are abandoned; their temp data is removed at next start.
+    runtime.shutdown_background();
+}
+
+fn load_config(args: Args) -> Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path, true)?,
+        None => Config::load(Path::new(crius_config::DEFAULT_CONFIG_PATH), false)?,
+    };
+    config.apply_overrides(Overrides {
+        root: args.root,
+        state: args.state,
+        listen: args.listen,
+        log_level: args.log_level,
+        log_format: args.log_format.map(|f| match f {
+            Format::Text => LogFormat::Text,
+            Format::Json => LogFormat::Json,
+        }),
+    })?;
+    Ok(config)
+}
+
+/// Libraries whose debug output is protocol noise (every HTTP/2 frame): kept at info unless
+/// the log level names them explicitly.
+const QUIET_TARGETS: &[&str] = &[
+    "h2",
+    "hyper",
+    "hyper_util",
+    "tower",
+    "rustls",
+    "reqwest",
+    "tonic",
+];
+
+fn init_tracing(config: &Config) {
+    let mut directives = config.log_level.clone();
+    if !directives.contains('=') {
+        for t in QUIET_TARGETS {
+            directives.push_str(&format!(",{t}=info"));
+        }
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives).unwrap_or_else(|e| {
+        eprintln!(
+            "criusd: invalid log level {:?} ({e}); using info",
+            config.log_level
+        );
+        tracing_subscriber::EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn run(config: Config) -> Result<()> {
+    let lock = crius_state::RootLock::acquire(&config.root)?;
+    crius_state::create_dir_all(&config.state, 0o711)?;
+    info!(version = VERSION, commit = COMMIT, root = %config.root.display(), state = %config.state.display(), "criusd starting");
+
+    let mut pinned = config.image.pinned_images.clone();
+    pinned.extend(config.image.sandbox_image.clone());
+    let store = tokio::task::spawn_blocking({
+        let root = config.root.clone();
+        move || ImageStore::open(&root, StoreOptions { pinned })
+    })
+    .await??;
+    let client = crius_registry::Client::new(&config.registries)?;
+    let puller = Puller::new(
+        store.clone(),
+        client,
+        PullOptions {
+            max_concurrent_downloads: config.image.max_concurrent_downloads,
+            progress_timeout: config.image.pull_progress_timeout.0,
+        },
+    );
+
+    let listener = bind(&config.listen)?;
+    info!(socket = %config.listen.display(), "serving the CRI");
+    let shutdown_timeout = config.shutdown_timeout.0;
+    let socket = config.listen.clone();
+    let ctx = Context::new(
+        config,
+        VersionInfo {
+            version: VERSION.into(),
+            commit: COMMIT.into(),
+        },
+        store,
+        puller,
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(crius_server::serve(ctx, listener, async {
+        let _ = stop_rx.await;
+    }));
+    let signal_name = wait_for_signal().await?;
+    info!(
+        signal = signal_name,
+        "shutting down: no new connections, draining in-flight RPCs"
+    );
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(shutdown_timeout, server).await {
+        Ok(Ok(Ok(()))) => info!("drained"),
+        Ok(Ok(Err(e))) => warn!(error = %e, "server ended with an error"),
+        Ok(Err(e)) => warn!(error = %e, "server task failed"),
+        Err(_) => {
+            warn!(timeout = ?shutdown_timeout, "in-flight RPCs did not finish in time; exiting anyway")
+        }
+    }
+    let _ = std::fs::remove_file(&socket);
+    drop(lock);
+    info!("criusd stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<&'static str> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+/// Binds the CRI socket: parent directories created, a stale socket replaced (we hold the
+/// root lock, so no other criusd owns it), mode 0660.
+fn bind(path: &Path) -> Result<tokio::net::UnixListener> {
+    if let Some(parent) = path.parent() {
+        crius_state::create_dir_all(parent, 0o711)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("removing stale socket {}", path.display()));
+        }
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("setting mode of {}", path.display()))?;
+    Ok(listener)
+}
