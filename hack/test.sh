@@ -33,6 +33,11 @@ read -r -a scope <<<"${CARGO_SCOPE:---workspace}"
 step "cargo build ${scope[*]} --all-targets"
 cargo build "${scope[@]}" --all-targets </dev/null
 
+step "lint: cargo fmt --check, cargo clippy -D warnings"
+lint_rc=0
+cargo fmt --all -- --check </dev/null || lint_rc=1
+cargo clippy "${scope[@]}" --all-targets </dev/null -- -D warnings || lint_rc=1
+
 step "cargo test ${scope[*]} (test threads: ${RUST_TEST_THREADS:-2})"
 set +e
 cargo test "${scope[@]}" "$@" -- --test-threads="${RUST_TEST_THREADS:-2}" </dev/null 2>&1 | tee "$log"
@@ -77,7 +82,8 @@ if ((failed > 0)); then
 fi
 echo "repo: ${repo}"
 
-if ((test_rc != 0 || leaks != 0)); then
+((lint_rc == 0)) || echo "lint failed: see the fmt/clippy output above"
+if ((test_rc != 0 || leaks != 0 || lint_rc != 0)); then
   echo "RESULT: FAIL"
   exit 1
 fi

@@ -826,3 +826,21 @@ fn everything_holds_without_openat2() {
     rejects_escapes_hidden_in_pax_records();
     crate::sys::FORCE_WALK.with(|f| f.set(false));
 }
+
+/// Some image builders leave the device number fields of FIFOs and devices blank; Go's tar
+/// reader (and so containerd) reads them as 0.
+#[test]
+fn blank_device_number_fields_read_as_zero() {
+    if !is_root() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let mut tar = tar_of(vec![E::new("fifo", b'6').mode(0o644)]);
+    let header = &mut tar[..512];
+    header[329..345].fill(b' ');
+    header[148..156].fill(b' ');
+    let sum: u32 = header.iter().map(|b| u32::from(*b)).sum();
+    header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    sb.unpack(&tar).unwrap();
+    assert!(fs::symlink_metadata(sb.path("fifo")).unwrap().file_type().is_fifo());
+}

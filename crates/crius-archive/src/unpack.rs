@@ -635,12 +635,24 @@ impl<'o> Unpacker<'o> {
         meta: &Meta,
     ) -> Result<(), ArchiveError> {
         let header = entry.header();
-        let devnum = (|| -> io::Result<libc::dev_t> {
-            let major = header.device_major()?.unwrap_or(0);
-            let minor = header.device_minor()?.unwrap_or(0);
-            Ok(sys::makedev(major, minor))
-        })()
-        .map_err(|e| read_err(&self.raw, e))?;
+        // FIFOs carry no device number, and writers often leave those fields blank.
+        let devnum = if matches!(kind, EntryType::Char | EntryType::Block) {
+            (|| -> io::Result<libc::dev_t> {
+                let (raw_major, raw_minor) = match header.as_ustar() {
+                    Some(u) => (u.dev_major.to_vec(), u.dev_minor.to_vec()),
+                    None => match header.as_gnu() {
+                        Some(g) => (g.dev_major.to_vec(), g.dev_minor.to_vec()),
+                        None => (Vec::new(), Vec::new()),
+                    },
+                };
+                let major = numeric(header.device_major().map(|m| m.unwrap_or(0).into()), &raw_major)?;
+                let minor = numeric(header.device_minor().map(|m| m.unwrap_or(0).into()), &raw_minor)?;
+                Ok(sys::makedev(major as u32, minor as u32))
+            })()
+            .map_err(|e| read_err(&self.raw, e))?
+        } else {
+            0
+        };
         let (fmt, dev) = match kind {
             EntryType::Char => (libc::S_IFCHR, devnum),
             EntryType::Block => (libc::S_IFBLK, devnum),

@@ -268,7 +268,11 @@ impl Puller {
                 permits.clone(),
             )
         });
-        futures_util::future::try_join_all(jobs).await?;
+        // Every layer is waited for, even after one failed, so that when the pull reports its
+        // failure nothing of it is still being written.
+        for result in futures_util::future::join_all(jobs).await {
+            result?;
+        }
 
         let new = NewImage {
             top_digest: top.digest,

@@ -921,6 +921,8 @@ pub fn multilayer_whiteouts_image() -> Image {
     l1.dir("data")
         .file("data/keep.txt", b"keep\n")
         .file("data/deleted.txt", b"to be deleted\n")
+        // Same layer as its target, as layer diffs made by image builders always are.
+        .hardlink("data/hard", "data/keep.txt")
         .dir("opq")
         .file("opq/old1.txt", b"old1\n")
         .file("opq/old2.txt", b"old2\n")
@@ -935,7 +937,6 @@ pub fn multilayer_whiteouts_image() -> Image {
     l2.dir("opq")
         .opaque("opq")
         .file("opq/new.txt", b"new\n")
-        .hardlink("data/hard", "data/keep.txt")
         .symlink("data/sym", "keep.txt")
         .file_with("secret", b"s3cret\n", EntryMeta::owned(0o600, 1000, 1000))
         .dir("home")
