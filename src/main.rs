@@ -7,7 +7,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use clap::Parser;
 use crius_config::{Config, LogFormat, Overrides};
+mod reaper;
+
+use std::sync::Arc;
+
 use crius_image::{ImageStore, PullOptions, Puller, StoreOptions};
+use crius_runtime::{HostSandboxOps, PodManager, PodManagerOptions};
 use crius_server::{Context, VersionInfo};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
@@ -129,6 +134,11 @@ fn init_tracing(config: &Config) {
 
 async fn run(config: Config) -> Result<()> {
     let lock = crius_state::RootLock::acquire(&config.root)?;
+    // Pod init processes and container processes whose parents exit are reparented to us
+    // rather than to the host's init, which may never reap them.
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes plain integers.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    tokio::spawn(reaper::reap_adopted_orphans());
     crius_state::create_dir_all(&config.state, 0o711)?;
     info!(version = VERSION, commit = COMMIT, root = %config.root.display(), state = %config.state.display(), "criusd starting");
 
@@ -149,6 +159,19 @@ async fn run(config: Config) -> Result<()> {
         },
     );
 
+    let pods = Arc::new(
+        tokio::task::spawn_blocking({
+            let opts = PodManagerOptions {
+                records_dir: config.root.join("pods"),
+                state_dir: config.state.clone(),
+                handlers: config.runtime_handlers(),
+                default_handler: config.default_runtime_handler(),
+            };
+            move || PodManager::open(opts, Arc::new(HostSandboxOps))
+        })
+        .await??,
+    );
+
     let listener = bind(&config.listen)?;
     info!(socket = %config.listen.display(), "serving the CRI");
     let shutdown_timeout = config.shutdown_timeout.0;
@@ -161,6 +184,7 @@ async fn run(config: Config) -> Result<()> {
         },
         store,
         puller,
+        pods,
     );
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

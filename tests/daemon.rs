@@ -11,19 +11,35 @@ use anyhow::Result;
 use common::*;
 use crius_testkit::image;
 use crius_testkit::{Daemon, DaemonOptions, FaultMode, push_image};
-use k8s_cri::v1::{RunPodSandboxRequest, RuntimeConfigRequest, StatusRequest, VersionRequest};
+use k8s_cri::v1::{CreateContainerRequest, RuntimeConfigRequest, StatusRequest, VersionRequest};
 
 #[tokio::test]
 async fn version_status_and_runtime_config() -> Result<()> {
     let d = Daemon::start(DaemonOptions::new(CRIUSD)).await?;
     let mut rt = d.runtime().await?;
-    let v = rt.version(VersionRequest { version: "v1".into() }).await?.into_inner();
+    let v = rt
+        .version(VersionRequest {
+            version: "v1".into(),
+        })
+        .await?
+        .into_inner();
     assert_eq!(v.runtime_name, "crius");
     assert_eq!(v.runtime_api_version, "v1");
-    assert!(v.runtime_version.starts_with(env!("CARGO_PKG_VERSION")), "{}", v.runtime_version);
-    assert!(v.runtime_version.contains('+'), "version carries the git commit: {}", v.runtime_version);
+    assert!(
+        v.runtime_version.starts_with(env!("CARGO_PKG_VERSION")),
+        "{}",
+        v.runtime_version
+    );
+    assert!(
+        v.runtime_version.contains('+'),
+        "version carries the git commit: {}",
+        v.runtime_version
+    );
 
-    let s = rt.status(StatusRequest { verbose: true }).await?.into_inner();
+    let s = rt
+        .status(StatusRequest { verbose: true })
+        .await?
+        .into_inner();
     let conds = s.status.unwrap().conditions;
     let runtime_ready = conds.iter().find(|c| c.r#type == "RuntimeReady").unwrap();
     let have_runtime = Path::new("/usr/bin/crun").exists() || Path::new("/usr/bin/runc").exists();
@@ -34,7 +50,10 @@ async fn version_status_and_runtime_config() -> Result<()> {
     assert_eq!(config["root"], d.root().display().to_string());
     assert_eq!(config["image"]["max_concurrent_downloads"], 3);
 
-    let c = rt.runtime_config(RuntimeConfigRequest {}).await?.into_inner();
+    let c = rt
+        .runtime_config(RuntimeConfigRequest {})
+        .await?
+        .into_inner();
     // This host does not run systemd as PID 1, so the detected driver is cgroupfs.
     let expected = if std::fs::read_to_string("/proc/1/comm")?.trim() == "systemd" {
         k8s_cri::v1::CgroupDriver::Systemd
@@ -47,21 +66,39 @@ async fn version_status_and_runtime_config() -> Result<()> {
 
 #[tokio::test]
 async fn configured_cgroup_driver_is_reported() -> Result<()> {
-    let d = Daemon::start(DaemonOptions::new(CRIUSD).config("cgroup_driver = \"systemd\"\n")).await?;
-    let c = d.runtime().await?.runtime_config(RuntimeConfigRequest {}).await?.into_inner();
-    assert_eq!(c.linux.unwrap().cgroup_driver, k8s_cri::v1::CgroupDriver::Systemd as i32);
+    let d =
+        Daemon::start(DaemonOptions::new(CRIUSD).config("cgroup_driver = \"systemd\"\n")).await?;
+    let c = d
+        .runtime()
+        .await?
+        .runtime_config(RuntimeConfigRequest {})
+        .await?
+        .into_inner();
+    assert_eq!(
+        c.linux.unwrap().cgroup_driver,
+        k8s_cri::v1::CgroupDriver::Systemd as i32
+    );
     Ok(())
 }
 
 #[tokio::test]
 async fn rpcs_not_done_yet_answer_unimplemented_naming_the_rpc() -> Result<()> {
     let d = Daemon::start(DaemonOptions::new(CRIUSD)).await?;
-    let err = d.runtime().await?.run_pod_sandbox(RunPodSandboxRequest::default()).await.expect_err("not implemented");
+    let err = d
+        .runtime()
+        .await?
+        .create_container(CreateContainerRequest::default())
+        .await
+        .expect_err("not implemented");
     assert_eq!(err.code(), tonic::Code::Unimplemented);
-    assert!(err.message().contains("RunPodSandbox"), "{}", err.message());
+    assert!(
+        err.message().contains("CreateContainer"),
+        "{}",
+        err.message()
+    );
     // The RPC is logged by the logging layer with its name and code.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(d.log().contains("RunPodSandbox"), "log mentions the RPC");
+    assert!(d.log().contains("CreateContainer"), "log mentions the RPC");
     Ok(())
 }
 
@@ -70,11 +107,19 @@ fn unknown_config_key_is_an_error_naming_the_key() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let cfg = dir.path().join("crius.toml");
     std::fs::write(&cfg, "[image]\nmax_downloads = 3\n")?;
-    let out = Command::new(CRIUSD).arg("--config").arg(&cfg).arg("--root").arg(dir.path().join("r")).output()?;
+    let out = Command::new(CRIUSD)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--root")
+        .arg(dir.path().join("r"))
+        .output()?;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("max_downloads"), "{stderr}");
-    assert!(!dir.path().join("r").exists(), "nothing created on a config error");
+    assert!(
+        !dir.path().join("r").exists(),
+        "nothing created on a config error"
+    );
     Ok(())
 }
 
@@ -93,18 +138,30 @@ async fn a_second_daemon_on_the_same_root_refuses_to_start() -> Result<()> {
         .await?;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("another criusd is already running"), "{stderr}");
-    assert!(stderr.contains(&d.pid().unwrap().to_string()), "names the holder: {stderr}");
+    assert!(
+        stderr.contains("another criusd is already running"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&d.pid().unwrap().to_string()),
+        "names the holder: {stderr}"
+    );
     assert!(!other_socket.exists());
     // The first one is unaffected.
-    d.runtime().await?.version(VersionRequest::default()).await?;
+    d.runtime()
+        .await?
+        .version(VersionRequest::default())
+        .await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn sigterm_drains_and_exits_zero() -> Result<()> {
     let mut d = Daemon::start(DaemonOptions::new(CRIUSD)).await?;
-    d.runtime().await?.version(VersionRequest::default()).await?;
+    d.runtime()
+        .await?
+        .version(VersionRequest::default())
+        .await?;
     let status = d.sigterm_and_wait(Duration::from_secs(20)).await?;
     assert!(status.success(), "{status:?}");
     assert!(!d.socket().exists(), "socket removed on exit");
@@ -120,12 +177,17 @@ async fn kill9_during_a_pull_leaves_no_half_image() -> Result<()> {
     let img = image::large_image(8);
     push_image(&env.registry, "library/crash", "v1", &img).await?;
     // Slow enough that the kill lands mid-pull, with some layers done and others partial.
-    env.proxy.set_mode(FaultMode::Throttle { bytes_per_sec: 2 * 1024 * 1024 });
+    env.proxy.set_mode(FaultMode::Throttle {
+        bytes_per_sec: 2 * 1024 * 1024,
+    });
     let images = env.daemon.images().await?;
     let pull_task = tokio::spawn(async move {
         let mut images = images;
         images
-            .pull_image(k8s_cri::v1::PullImageRequest { image: spec("crash:v1"), ..Default::default() })
+            .pull_image(k8s_cri::v1::PullImageRequest {
+                image: spec("crash:v1"),
+                ..Default::default()
+            })
             .await
     });
     let root = env.daemon.root();
@@ -134,17 +196,41 @@ async fn kill9_during_a_pull_leaves_no_half_image() -> Result<()> {
     while dir_names(&root.join("l")).is_empty() && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(!dir_names(&root.join("l")).is_empty(), "a layer got committed before the kill");
-    assert!(!dir_names(&root.join("images/tmp")).is_empty(), "a layer was in progress at the kill");
+    assert!(
+        !dir_names(&root.join("l")).is_empty(),
+        "a layer got committed before the kill"
+    );
+    assert!(
+        !dir_names(&root.join("images/tmp")).is_empty(),
+        "a layer was in progress at the kill"
+    );
     env.daemon.kill9();
-    assert!(pull_task.await?.is_err(), "the interrupted pull reports an error");
+    assert!(
+        pull_task.await?.is_err(),
+        "the interrupted pull reports an error"
+    );
 
     env.proxy.set_mode(FaultMode::PassThrough);
     env.daemon.restart().await?;
-    assert!(status(&env.daemon, "crash:v1", false).await?.image.is_none(), "no half image");
-    assert!(dir_names(&root.join("images/tmp")).is_empty(), "temp data removed");
-    assert!(dir_names(&root.join("l")).is_empty(), "unreferenced layers removed");
-    assert!(dir_names(&root.join("images/blobs/sha256")).is_empty(), "unreferenced blobs removed");
+    assert!(
+        status(&env.daemon, "crash:v1", false)
+            .await?
+            .image
+            .is_none(),
+        "no half image"
+    );
+    assert!(
+        dir_names(&root.join("images/tmp")).is_empty(),
+        "temp data removed"
+    );
+    assert!(
+        dir_names(&root.join("l")).is_empty(),
+        "unreferenced layers removed"
+    );
+    assert!(
+        dir_names(&root.join("images/blobs/sha256")).is_empty(),
+        "unreferenced blobs removed"
+    );
 
     assert_eq!(env.pull("crash:v1").await?.image_ref, img.config_digest);
     Ok(())
@@ -155,7 +241,10 @@ async fn criusctl_image_commands() -> Result<()> {
     let env = Env::start().await?;
     let ctl = Path::new(CRIUSD).with_file_name("criusctl");
     if !ctl.exists() {
-        panic!("{} not built: run `cargo build --workspace` first (hack/test.sh does)", ctl.display());
+        panic!(
+            "{} not built: run `cargo build --workspace` first (hack/test.sh does)",
+            ctl.display()
+        );
     }
     let img = image::busybox_image();
     push_image(&env.registry, "library/busybox", "1.36", &img).await?;
@@ -166,14 +255,23 @@ async fn criusctl_image_commands() -> Result<()> {
     assert!(String::from_utf8_lossy(&out.stdout).contains("RuntimeName:  crius"));
 
     let out = run(&["pull", "busybox:1.36"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains(&img.config_digest));
 
     let out = run(&["images"]);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.starts_with("IMAGE"), "{table}");
     let short = &img.config_digest.trim_start_matches("sha256:")[..13];
-    assert!(table.contains("docker.io/library/busybox") && table.contains("1.36") && table.contains(short), "{table}");
+    assert!(
+        table.contains("docker.io/library/busybox")
+            && table.contains("1.36")
+            && table.contains(short),
+        "{table}"
+    );
 
     let out = run(&["inspecti", "busybox:1.36"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
@@ -187,7 +285,11 @@ async fn criusctl_image_commands() -> Result<()> {
     assert!(String::from_utf8_lossy(&out.stderr).contains("Bad:Ref"));
 
     let out = run(&["rmi", "busybox:1.36"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = run(&["inspecti", "busybox:1.36"]);
     assert!(!out.status.success());
     Ok(())

@@ -24,14 +24,24 @@ async fn assert_matches_reference(env: &Env, name: &str, img: &Image) -> Result<
     // same layers.
     let twin;
     let img = if img.format == image::Format::Docker {
-        twin = img.layers.iter().fold(image::ImageBuilder::new(image::Format::Oci), |b, l| b.layer(l.clone())).build();
+        twin = img
+            .layers
+            .iter()
+            .fold(image::ImageBuilder::new(image::Format::Oci), |b, l| {
+                b.layer(l.clone())
+            })
+            .build();
         &twin
     } else {
         img
     };
     let reference = image::reference_extract(img)?;
     let diffs = tree_diff(&mount.path(), &reference.rootfs())?;
-    assert!(diffs.is_empty(), "unpacked image differs from umoci's extraction:\n{}", diffs.join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "unpacked image differs from umoci's extraction:\n{}",
+        diffs.join("\n")
+    );
     Ok(())
 }
 
@@ -41,12 +51,27 @@ async fn busybox_by_short_name_is_normalised_and_unpacked_like_umoci() -> Result
     let img = image::busybox_image();
     let pushed = push_image(&env.registry, "library/busybox", "latest", &img).await?;
     let resp = env.pull("busybox").await?;
-    assert_eq!(resp.image_ref, pushed.config_digest, "PullImage returns the image id (config digest)");
+    assert_eq!(
+        resp.image_ref, pushed.config_digest,
+        "PullImage returns the image id (config digest)"
+    );
 
-    let st = status(&env.daemon, "busybox", false).await?.image.expect("image present");
+    let st = status(&env.daemon, "busybox", false)
+        .await?
+        .image
+        .expect("image present");
     assert_eq!(st.id, pushed.config_digest);
-    assert_eq!(st.repo_tags, vec!["docker.io/library/busybox:latest".to_string()]);
-    assert_eq!(st.repo_digests, vec![format!("docker.io/library/busybox@{}", pushed.manifest_digest)]);
+    assert_eq!(
+        st.repo_tags,
+        vec!["docker.io/library/busybox:latest".to_string()]
+    );
+    assert_eq!(
+        st.repo_digests,
+        vec![format!(
+            "docker.io/library/busybox@{}",
+            pushed.manifest_digest
+        )]
+    );
     assert!(st.size > 0);
     assert_matches_reference(&env, "busybox", &img).await
 }
@@ -65,7 +90,10 @@ async fn whiteouts_opaque_dirs_links_devices_and_xattrs_match_reference() -> Res
     let top_dir = env.daemon.root().join("l").join(top);
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let wh = std::fs::symlink_metadata(top_dir.join("data/deleted.txt"))?;
-    assert!(wh.file_type().is_char_device() && wh.rdev() == 0, "whiteout is a 0/0 char device");
+    assert!(
+        wh.file_type().is_char_device() && wh.rdev() == 0,
+        "whiteout is a 0/0 char device"
+    );
     Ok(())
 }
 
@@ -78,27 +106,49 @@ async fn zstd_layers_and_docker_schema2_images_pull() -> Result<()> {
     push_image(&env.registry, "library/docker", "v1", &docker).await?;
     assert_eq!(env.pull("zstd:v1").await?.image_ref, zstd.config_digest);
     assert_matches_reference(&env, "zstd:v1", &zstd).await?;
-    assert_eq!(env.pull("docker.io/library/docker:v1").await?.image_ref, docker.config_digest);
+    assert_eq!(
+        env.pull("docker.io/library/docker:v1").await?.image_ref,
+        docker.config_digest
+    );
     assert_matches_reference(&env, "docker:v1", &docker).await
 }
 
 #[tokio::test]
 async fn manifest_lists_pick_the_host_platform() -> Result<()> {
     let env = Env::start().await?;
-    for (repo, format) in [("library/oci-multi", image::Format::Oci), ("library/docker-multi", image::Format::Docker)] {
+    for (repo, format) in [
+        ("library/oci-multi", image::Format::Oci),
+        ("library/docker-multi", image::Format::Docker),
+    ] {
         let index = image::multiarch_index(format);
         let pushed = push_index(&env.registry, repo, "v1", &index).await?;
         let host = crius_testkit::Platform::host();
-        let want = index.for_arch(&host.architecture).expect("index has the host arch");
+        let want = index
+            .for_arch(&host.architecture)
+            .expect("index has the host arch");
         let name = format!("{}:v1", repo.trim_start_matches("library/"));
         let resp = env.pull(&name).await?;
-        assert_eq!(resp.image_ref, want.config_digest, "{repo}: the host platform's image");
+        assert_eq!(
+            resp.image_ref, want.config_digest,
+            "{repo}: the host platform's image"
+        );
         let st = status(&env.daemon, &name, false).await?.image.unwrap();
         // The repo digest is the index's, which is what the user can pull again by digest.
-        assert!(st.repo_digests.contains(&format!("docker.io/{repo}@{}", pushed.index_digest)), "{:?}", st.repo_digests);
+        assert!(
+            st.repo_digests
+                .contains(&format!("docker.io/{repo}@{}", pushed.index_digest)),
+            "{:?}",
+            st.repo_digests
+        );
         assert_matches_reference(&env, &name, want).await?;
         // And by digest: the same image.
-        let by_digest = env.pull(&format!("{}@{}", repo.trim_start_matches("library/"), pushed.index_digest)).await?;
+        let by_digest = env
+            .pull(&format!(
+                "{}@{}",
+                repo.trim_start_matches("library/"),
+                pushed.index_digest
+            ))
+            .await?;
         assert_eq!(by_digest.image_ref, want.config_digest);
     }
     Ok(())
@@ -118,25 +168,67 @@ async fn hostile_layers_are_rejected_naming_the_entry() -> Result<()> {
     let before_tmp = dir_names(std::path::Path::new("/tmp"));
     for (repo, img, entry_word) in cases {
         push_image(&env.registry, &format!("library/{repo}"), "v1", &img).await?;
-        let err = env.pull(&format!("{repo}:v1")).await.expect_err("hostile image must be rejected");
-        assert_eq!(err.code(), Code::InvalidArgument, "{repo}: {}", err.message());
-        assert!(err.message().contains("layer entry"), "{repo}: error names the entry: {}", err.message());
-        assert!(err.message().contains(entry_word), "{repo}: error names the entry: {}", err.message());
-        assert!(status(&env.daemon, &format!("{repo}:v1"), false).await?.image.is_none());
+        let err = env
+            .pull(&format!("{repo}:v1"))
+            .await
+            .expect_err("hostile image must be rejected");
+        assert_eq!(
+            err.code(),
+            Code::InvalidArgument,
+            "{repo}: {}",
+            err.message()
+        );
+        assert!(
+            err.message().contains("layer entry"),
+            "{repo}: error names the entry: {}",
+            err.message()
+        );
+        assert!(
+            err.message().contains(entry_word),
+            "{repo}: error names the entry: {}",
+            err.message()
+        );
+        assert!(
+            status(&env.daemon, &format!("{repo}:v1"), false)
+                .await?
+                .image
+                .is_none()
+        );
     }
     let root = env.daemon.root();
-    assert!(dir_names(&root.join("images/tmp")).is_empty(), "no temp data left");
+    assert!(
+        dir_names(&root.join("images/tmp")).is_empty(),
+        "no temp data left"
+    );
     // Good layers of these images may stay (shared, reusable); none holds a hostile entry.
     for layer in dir_names(&root.join("l")) {
         let entries = walk(&root.join("l").join(&layer))?;
-        let bad: Vec<_> = entries.keys().filter(|k| k.contains("evil") || k.ends_with("passwd") || k.ends_with("shadow")).collect();
-        assert!(bad.is_empty(), "layer {layer} kept hostile entries: {bad:?}");
+        let bad: Vec<_> = entries
+            .keys()
+            .filter(|k| k.contains("evil") || k.ends_with("passwd") || k.ends_with("shadow"))
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "layer {layer} kept hostile entries: {bad:?}"
+        );
     }
-    let listed = env.daemon.images().await?.list_images(k8s_cri::v1::ListImagesRequest::default()).await?.into_inner();
+    let listed = env
+        .daemon
+        .images()
+        .await?
+        .list_images(k8s_cri::v1::ListImagesRequest::default())
+        .await?
+        .into_inner();
     assert!(listed.images.is_empty(), "no hostile image listed");
     let after_tmp = dir_names(std::path::Path::new("/tmp"));
-    let new: Vec<_> = after_tmp.iter().filter(|n| n.contains("crius-evil") && !before_tmp.contains(n)).collect();
-    assert!(new.is_empty(), "hostile layer wrote outside its directory: {new:?}");
+    let new: Vec<_> = after_tmp
+        .iter()
+        .filter(|n| n.contains("crius-evil") && !before_tmp.contains(n))
+        .collect();
+    assert!(
+        new.is_empty(),
+        "hostile layer wrote outside its directory: {new:?}"
+    );
     assert!(!std::path::Path::new("/tmp/crius-evil").exists());
     assert!(!root.join("evil").exists() && !root.parent().unwrap().join("evil").exists());
     Ok(())
@@ -148,20 +240,42 @@ async fn corrupt_and_truncated_blobs_are_rejected_and_leave_nothing() -> Result<
     let img = image::busybox_image();
     let pushed = push_image(&env.registry, "library/corrupt", "v1", &img).await?;
     env.registry.corrupt_blob(&pushed.layers[0].0)?;
-    let err = env.pull("corrupt:v1").await.expect_err("corrupt layer must fail");
-    assert!(matches!(err.code(), Code::DataLoss | Code::InvalidArgument), "{err:?}");
-    assert!(err.message().contains(&pushed.layers[0].0), "error names the blob: {}", err.message());
+    let err = env
+        .pull("corrupt:v1")
+        .await
+        .expect_err("corrupt layer must fail");
+    assert!(
+        matches!(err.code(), Code::DataLoss | Code::InvalidArgument),
+        "{err:?}"
+    );
+    assert!(
+        err.message().contains(&pushed.layers[0].0),
+        "error names the blob: {}",
+        err.message()
+    );
 
     let img2 = image::multilayer_whiteouts_image();
     let pushed2 = push_image(&env.registry, "library/truncated", "v1", &img2).await?;
     let (digest, size) = pushed2.layers[1].clone();
     env.registry.truncate_blob(&digest, size / 2)?;
-    let err = env.pull("truncated:v1").await.expect_err("truncated layer must fail");
+    let err = env
+        .pull("truncated:v1")
+        .await
+        .expect_err("truncated layer must fail");
     assert_eq!(err.code(), Code::DataLoss, "{err:?}");
 
     let root = env.daemon.root();
-    assert!(dir_names(&root.join("images/tmp")).is_empty(), "no temp data left");
-    let list = env.daemon.images().await?.list_images(k8s_cri::v1::ListImagesRequest::default()).await?.into_inner();
+    assert!(
+        dir_names(&root.join("images/tmp")).is_empty(),
+        "no temp data left"
+    );
+    let list = env
+        .daemon
+        .images()
+        .await?
+        .list_images(k8s_cri::v1::ListImagesRequest::default())
+        .await?
+        .into_inner();
     assert!(list.images.is_empty());
     Ok(())
 }
@@ -174,18 +288,29 @@ async fn stalled_pull_times_out_but_a_slow_moving_pull_completes() -> Result<()>
 
     env.proxy.set_mode(FaultMode::StallAfter { bytes: 4096 });
     let started = Instant::now();
-    let err = env.pull("slow:v1").await.expect_err("stalled pull must fail");
+    let err = env
+        .pull("slow:v1")
+        .await
+        .expect_err("stalled pull must fail");
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
     assert!(err.message().contains("no progress"), "{}", err.message());
     assert!(started.elapsed() < Duration::from_secs(30));
-    assert!(dir_names(&env.daemon.root().join("images/tmp")).is_empty(), "no temp data left");
+    assert!(
+        dir_names(&env.daemon.root().join("images/tmp")).is_empty(),
+        "no temp data left"
+    );
 
     // ~2 MB at 256 KiB/s takes about 8 s: well over the 3 s timeout, but always moving.
-    env.proxy.set_mode(FaultMode::Throttle { bytes_per_sec: 256 * 1024 });
+    env.proxy.set_mode(FaultMode::Throttle {
+        bytes_per_sec: 256 * 1024,
+    });
     let started = Instant::now();
     let resp = env.pull("slow:v1").await?;
     assert_eq!(resp.image_ref, img.config_digest);
-    assert!(started.elapsed() > Duration::from_secs(3), "the pull really was slower than the timeout");
+    assert!(
+        started.elapsed() > Duration::from_secs(3),
+        "the pull really was slower than the timeout"
+    );
     Ok(())
 }
 
@@ -194,13 +319,22 @@ async fn concurrent_pulls_of_one_image_share_one_download() -> Result<()> {
     let env = Env::start().await?;
     let img = image::large_image(2);
     let pushed = push_image(&env.registry, "library/shared", "v1", &img).await?;
-    env.proxy.set_mode(FaultMode::Throttle { bytes_per_sec: 1024 * 1024 });
+    env.proxy.set_mode(FaultMode::Throttle {
+        bytes_per_sec: 1024 * 1024,
+    });
     env.proxy.reset_counts();
-    let (a, b) = tokio::join!(env.pull("shared:v1"), env.pull("docker.io/library/shared:v1"));
+    let (a, b) = tokio::join!(
+        env.pull("shared:v1"),
+        env.pull("docker.io/library/shared:v1")
+    );
     assert_eq!(a?.image_ref, img.config_digest);
     assert_eq!(b?.image_ref, img.config_digest);
     for (digest, _) in &pushed.layers {
-        assert_eq!(env.proxy.blob_gets("library/shared", digest), 1, "layer {digest} downloaded once");
+        assert_eq!(
+            env.proxy.blob_gets("library/shared", digest),
+            1,
+            "layer {digest} downloaded once"
+        );
     }
     Ok(())
 }
@@ -211,27 +345,57 @@ async fn tls_registry_with_basic_auth() -> Result<()> {
     let img = image::busybox_image();
     push_image(&registry, "team/app", "v1", &img).await?;
     let config = registry.mirror_toml("registry.example.test");
-    let daemon = crius_testkit::Daemon::start(crius_testkit::DaemonOptions::new(CRIUSD).config(config)).await?;
+    let daemon =
+        crius_testkit::Daemon::start(crius_testkit::DaemonOptions::new(CRIUSD).config(config))
+            .await?;
 
     let name = "registry.example.test/team/app:v1";
     let err = pull(&daemon, name, None).await.expect_err("no credentials");
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
 
-    let wrong = AuthConfig { username: "alice".into(), password: "nope".into(), ..Default::default() };
-    let err = pull(&daemon, name, Some(wrong)).await.expect_err("wrong password");
+    let wrong = AuthConfig {
+        username: "alice".into(),
+        password: "nope".into(),
+        ..Default::default()
+    };
+    let err = pull(&daemon, name, Some(wrong))
+        .await
+        .expect_err("wrong password");
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
-    assert!(err.message().contains("registry.example.test/team/app"), "names the image: {}", err.message());
+    assert!(
+        err.message().contains("registry.example.test/team/app"),
+        "names the image: {}",
+        err.message()
+    );
 
-    let good = AuthConfig { username: "alice".into(), password: "s3cret".into(), ..Default::default() };
-    assert_eq!(pull(&daemon, name, Some(good)).await?.image_ref, img.config_digest);
+    let good = AuthConfig {
+        username: "alice".into(),
+        password: "s3cret".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        pull(&daemon, name, Some(good)).await?.image_ref,
+        img.config_digest
+    );
 
     // The `auth` form: base64("user:password").
     remove(&daemon, name).await?;
-    let encoded = AuthConfig { auth: "YWxpY2U6czNjcmV0".into(), ..Default::default() };
-    assert_eq!(pull(&daemon, name, Some(encoded)).await?.image_ref, img.config_digest);
+    let encoded = AuthConfig {
+        auth: "YWxpY2U6czNjcmV0".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        pull(&daemon, name, Some(encoded)).await?.image_ref,
+        img.config_digest
+    );
 
-    let bad = AuthConfig { auth: "%%%".into(), ..Default::default() };
-    let err = pull(&daemon, name, Some(bad)).await.expect_err("bad auth field");
+    let bad = AuthConfig {
+        auth: "%%%".into(),
+        ..Default::default()
+    };
+    let err = pull(&daemon, name, Some(bad))
+        .await
+        .expect_err("bad auth field");
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("auth"), "{}", err.message());
     Ok(())
@@ -240,16 +404,30 @@ async fn tls_registry_with_basic_auth() -> Result<()> {
 #[tokio::test]
 async fn bad_reference_and_unknown_repository() -> Result<()> {
     let env = Env::start().await?;
-    let err = env.pull("Not:A:Valid//ref").await.expect_err("invalid reference");
+    let err = env
+        .pull("Not:A:Valid//ref")
+        .await
+        .expect_err("invalid reference");
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().contains("Not:A:Valid//ref"), "names the reference: {}", err.message());
+    assert!(
+        err.message().contains("Not:A:Valid//ref"),
+        "names the reference: {}",
+        err.message()
+    );
 
     let err = env.pull("").await.expect_err("empty reference");
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("image"), "{}", err.message());
 
-    let err = env.pull("does-not-exist:v1").await.expect_err("unknown repository");
+    let err = env
+        .pull("does-not-exist:v1")
+        .await
+        .expect_err("unknown repository");
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
-    assert!(err.message().contains("does-not-exist"), "{}", err.message());
+    assert!(
+        err.message().contains("does-not-exist"),
+        "{}",
+        err.message()
+    );
     Ok(())
 }

@@ -9,8 +9,17 @@ use crius_testkit::push_image;
 use k8s_cri::v1::{ImageFilter, ImageFsInfoRequest, ListImagesRequest};
 
 async fn list(env: &Env, filter: Option<&str>) -> Result<Vec<k8s_cri::v1::Image>> {
-    let req = ListImagesRequest { filter: filter.map(|f| ImageFilter { image: spec(f) }) };
-    Ok(env.daemon.images().await?.list_images(req).await?.into_inner().images)
+    let req = ListImagesRequest {
+        filter: filter.map(|f| ImageFilter { image: spec(f) }),
+    };
+    Ok(env
+        .daemon
+        .images()
+        .await?
+        .list_images(req)
+        .await?
+        .into_inner()
+        .images)
 }
 
 /// A small image with its own layer on top of busybox's, and a config user.
@@ -43,7 +52,11 @@ async fn status_and_list_by_every_name() -> Result<()> {
         format!("app@{}", pushed.manifest_digest),
     ] {
         let st = status(&env.daemon, &name, false).await?;
-        assert_eq!(st.image.map(|i| i.id), Some(id.clone()), "ImageStatus by {name}");
+        assert_eq!(
+            st.image.map(|i| i.id),
+            Some(id.clone()),
+            "ImageStatus by {name}"
+        );
         let l = list(&env, Some(&name)).await?;
         assert_eq!(l.len(), 1, "ListImages filtered by {name}");
     }
@@ -53,16 +66,35 @@ async fn status_and_list_by_every_name() -> Result<()> {
     assert!(!st.pinned);
 
     // Unknown image: an empty answer, not an error.
-    assert!(status(&env.daemon, "app:nope", false).await?.image.is_none());
+    assert!(
+        status(&env.daemon, "app:nope", false)
+            .await?
+            .image
+            .is_none()
+    );
     assert!(list(&env, Some("app:nope")).await?.is_empty());
 
     // verbose: the image config.
     let st = status(&env.daemon, "app:v1", true).await?;
     let info: serde_json::Value = serde_json::from_str(&st.info["info"])?;
     assert_eq!(info["imageSpec"]["config"]["User"], "1000:1000");
-    assert_eq!(info["imageSpec"]["rootfs"]["diff_ids"].as_array().map(|a| a.len()), Some(2));
+    assert_eq!(
+        info["imageSpec"]["rootfs"]["diff_ids"]
+            .as_array()
+            .map(|a| a.len()),
+        Some(2)
+    );
 
-    let err = env.daemon.images().await?.image_status(k8s_cri::v1::ImageStatusRequest { image: None, verbose: false }).await.expect_err("missing spec");
+    let err = env
+        .daemon
+        .images()
+        .await?
+        .image_status(k8s_cri::v1::ImageStatusRequest {
+            image: None,
+            verbose: false,
+        })
+        .await
+        .expect_err("missing spec");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("image"), "{}", err.message());
     Ok(())
@@ -88,11 +120,25 @@ async fn username_from_config_and_pinned_images() -> Result<()> {
         crius_testkit::mirror_config(&registry.url(), "5s")
     )
     .replace("[image]\n", "[image]\npinned_images = [\"pinned:v1\"]\nsandbox_image = \"docker.io/library/pause:3.10\"\n");
-    let daemon = crius_testkit::Daemon::start(crius_testkit::DaemonOptions::new(CRIUSD).config(config)).await?;
+    let daemon =
+        crius_testkit::Daemon::start(crius_testkit::DaemonOptions::new(CRIUSD).config(config))
+            .await?;
     pull(&daemon, "pinned:v1", None).await?;
-    assert!(status(&daemon, "pinned:v1", false).await?.image.unwrap().pinned);
+    assert!(
+        status(&daemon, "pinned:v1", false)
+            .await?
+            .image
+            .unwrap()
+            .pinned
+    );
     pull(&daemon, "pause:3.10", None).await?;
-    assert!(status(&daemon, "pause:3.10", false).await?.image.unwrap().pinned);
+    assert!(
+        status(&daemon, "pause:3.10", false)
+            .await?
+            .image
+            .unwrap()
+            .pinned
+    );
     Ok(())
 }
 
@@ -106,15 +152,27 @@ async fn remove_by_tag_id_and_digest_frees_unshared_layers_only() -> Result<()> 
     env.pull("a:v1").await?;
     env.pull("b:v1").await?;
     let layers_dir = env.daemon.root().join("l");
-    assert_eq!(dir_names(&layers_dir).len(), 3, "busybox layer shared, one top layer each");
+    assert_eq!(
+        dir_names(&layers_dir).len(),
+        3,
+        "busybox layer shared, one top layer each"
+    );
     let fs_before = fsinfo(&env).await?;
 
     // By tag: a's own layer goes, the shared busybox layer stays for b.
     remove(&env.daemon, "a:v1").await?;
-    assert!(status(&env.daemon, &pa.config_digest, false).await?.image.is_none());
+    assert!(
+        status(&env.daemon, &pa.config_digest, false)
+            .await?
+            .image
+            .is_none()
+    );
     assert_eq!(dir_names(&layers_dir).len(), 2);
     let fs_after = fsinfo(&env).await?;
-    assert!(fs_after.0 < fs_before.0 && fs_after.1 < fs_before.1, "usage shrinks: {fs_before:?} -> {fs_after:?}");
+    assert!(
+        fs_after.0 < fs_before.0 && fs_after.1 < fs_before.1,
+        "usage shrinks: {fs_before:?} -> {fs_after:?}"
+    );
     // b still unpacked and intact.
     assert!(status(&env.daemon, "b:v1", false).await?.image.is_some());
 
@@ -150,12 +208,21 @@ async fn a_moved_tag_leaves_the_old_image_untagged() -> Result<()> {
     let old = images.iter().find(|i| i.id == v1.config_digest).unwrap();
     let new = images.iter().find(|i| i.id == v2.config_digest).unwrap();
     assert!(old.repo_tags.is_empty(), "{:?}", old.repo_tags);
-    assert_eq!(new.repo_tags, vec!["docker.io/library/moving:latest".to_string()]);
+    assert_eq!(
+        new.repo_tags,
+        vec!["docker.io/library/moving:latest".to_string()]
+    );
     Ok(())
 }
 
 async fn fsinfo(env: &Env) -> Result<(u64, u64)> {
-    let r = env.daemon.images().await?.image_fs_info(ImageFsInfoRequest {}).await?.into_inner();
+    let r = env
+        .daemon
+        .images()
+        .await?
+        .image_fs_info(ImageFsInfoRequest {})
+        .await?
+        .into_inner();
     let fs = &r.image_filesystems[0];
     assert!(fs.timestamp > 0);
     assert!(!fs.fs_id.as_ref().unwrap().mountpoint.is_empty());

@@ -10,7 +10,8 @@ use std::process::Command;
 use anyhow::{Context as _, Result, bail};
 use crius_testkit::{Daemon, DaemonOptions, FaultMode, Proxy, Registry};
 use k8s_cri::v1::{
-    AuthConfig, ImageSpec, ImageStatusRequest, PullImageRequest, PullImageResponse, RemoveImageRequest,
+    AuthConfig, ImageSpec, ImageStatusRequest, PullImageRequest, PullImageResponse,
+    RemoveImageRequest,
 };
 
 pub const CRIUSD: &str = env!("CARGO_BIN_EXE_criusd");
@@ -39,7 +40,11 @@ impl Env {
             crius_testkit::mirror_config(&proxy.url(), "3s")
         );
         let daemon = Daemon::start(DaemonOptions::new(CRIUSD).config(config)).await?;
-        Ok(Env { registry, proxy, daemon })
+        Ok(Env {
+            registry,
+            proxy,
+            daemon,
+        })
     }
 
     pub async fn pull(&self, image: &str) -> Result<PullImageResponse, tonic::Status> {
@@ -48,22 +53,52 @@ impl Env {
 }
 
 pub fn spec(image: &str) -> Option<ImageSpec> {
-    Some(ImageSpec { image: image.into(), ..Default::default() })
+    Some(ImageSpec {
+        image: image.into(),
+        ..Default::default()
+    })
 }
 
-pub async fn pull(d: &Daemon, image: &str, auth: Option<AuthConfig>) -> Result<PullImageResponse, tonic::Status> {
-    let mut c = d.images().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    c.pull_image(PullImageRequest { image: spec(image), auth, sandbox_config: None }).await.map(|r| r.into_inner())
+pub async fn pull(
+    d: &Daemon,
+    image: &str,
+    auth: Option<AuthConfig>,
+) -> Result<PullImageResponse, tonic::Status> {
+    let mut c = d
+        .images()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    c.pull_image(PullImageRequest {
+        image: spec(image),
+        auth,
+        sandbox_config: None,
+    })
+    .await
+    .map(|r| r.into_inner())
 }
 
-pub async fn status(d: &Daemon, image: &str, verbose: bool) -> Result<k8s_cri::v1::ImageStatusResponse> {
+pub async fn status(
+    d: &Daemon,
+    image: &str,
+    verbose: bool,
+) -> Result<k8s_cri::v1::ImageStatusResponse> {
     let mut c = d.images().await?;
-    Ok(c.image_status(ImageStatusRequest { image: spec(image), verbose }).await?.into_inner())
+    Ok(c.image_status(ImageStatusRequest {
+        image: spec(image),
+        verbose,
+    })
+    .await?
+    .into_inner())
 }
 
 pub async fn remove(d: &Daemon, image: &str) -> Result<(), tonic::Status> {
-    let mut c = d.images().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    c.remove_image(RemoveImageRequest { image: spec(image) }).await.map(|_| ())
+    let mut c = d
+        .images()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    c.remove_image(RemoveImageRequest { image: spec(image) })
+        .await
+        .map(|_| ())
 }
 
 /// Entries of a directory tree, for comparing an unpacked image with a reference extraction.
@@ -96,12 +131,22 @@ pub fn walk(root: &Path) -> Result<BTreeMap<String, Entry>> {
                 stack.push(path.clone());
                 ("dir", String::new())
             } else if ft.is_symlink() {
-                ("symlink", std::fs::read_link(&path)?.to_string_lossy().into_owned())
+                (
+                    "symlink",
+                    std::fs::read_link(&path)?.to_string_lossy().into_owned(),
+                )
             } else if ft.is_file() {
                 let data = std::fs::read(&path)?;
                 // Hard links show as a link count, the same in both trees when kept.
-                let link = if m.nlink() > 1 { format!(" nlink={}", m.nlink()) } else { String::new() };
-                ("file", format!("{}{link}", hex::encode(sha2::Sha256::digest(&data))))
+                let link = if m.nlink() > 1 {
+                    format!(" nlink={}", m.nlink())
+                } else {
+                    String::new()
+                };
+                (
+                    "file",
+                    format!("{}{link}", hex::encode(sha2::Sha256::digest(&data))),
+                )
             } else if ft.is_char_device() {
                 ("char", format!("{}", m.rdev()))
             } else if ft.is_block_device() {
@@ -143,14 +188,19 @@ fn xattr_names(path: &Path) -> Vec<String> {
     if n <= 0 {
         return Vec::new();
     }
-    buf[..n as usize].split(|b| *b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
+    buf[..n as usize]
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
 }
 
 fn xattr_get(path: &Path, name: &str) -> Vec<u8> {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
     let n = std::ffi::CString::new(name).unwrap();
     let mut buf = vec![0u8; 4096];
-    let len = unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let len =
+        unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     if len < 0 {
         return Vec::new();
     }
@@ -201,7 +251,10 @@ impl OverlayMount {
         if !out.status.success() {
             bail!("mount overlay: {}", String::from_utf8_lossy(&out.stderr));
         }
-        Ok(OverlayMount { target, _empty: empty })
+        Ok(OverlayMount {
+            target,
+            _empty: empty,
+        })
     }
 
     pub fn path(&self) -> PathBuf {
@@ -218,6 +271,10 @@ impl Drop for OverlayMount {
 /// Names of the entries of a directory (empty when it does not exist).
 pub fn dir_names(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }

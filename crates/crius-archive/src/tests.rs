@@ -842,5 +842,10 @@ fn blank_device_number_fields_read_as_zero() {
     let sum: u32 = header.iter().map(|b| u32::from(*b)).sum();
     header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
     sb.unpack(&tar).unwrap();
-    assert!(fs::symlink_metadata(sb.path("fifo")).unwrap().file_type().is_fifo());
+    assert!(
+        fs::symlink_metadata(sb.path("fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
 }

@@ -645,8 +645,14 @@ impl<'o> Unpacker<'o> {
                         None => (Vec::new(), Vec::new()),
                     },
                 };
-                let major = numeric(header.device_major().map(|m| m.unwrap_or(0).into()), &raw_major)?;
-                let minor = numeric(header.device_minor().map(|m| m.unwrap_or(0).into()), &raw_minor)?;
+                let major = numeric(
+                    header.device_major().map(|m| m.unwrap_or(0).into()),
+                    &raw_major,
+                )?;
+                let minor = numeric(
+                    header.device_minor().map(|m| m.unwrap_or(0).into()),
+                    &raw_minor,
+                )?;
                 Ok(sys::makedev(major as u32, minor as u32))
             })()
             .map_err(|e| read_err(&self.raw, e))?

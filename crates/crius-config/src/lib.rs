@@ -85,6 +85,11 @@ pub struct Config {
     /// How long in-flight RPCs may run after SIGTERM before the daemon exits anyway.
     pub shutdown_timeout: HumanDuration,
     pub image: ImageConfig,
+    /// The runtime handler used when a pod names none; default: `crun` if present, else `runc`.
+    pub default_runtime: Option<String>,
+    /// Runtime handlers (RuntimeClass handlers) by name. `runc` and `crun` are added
+    /// automatically when found in PATH.
+    pub runtimes: BTreeMap<String, RuntimeHandlerConfig>,
     /// Per-registry settings keyed by registry host (`docker.io`, `localhost:5000`, ...).
     pub registries: BTreeMap<String, RegistryHostConfig>,
 }
@@ -100,6 +105,14 @@ pub struct ImageConfig {
     pub pinned_images: Vec<String>,
     /// The sandbox ("pause") image, if any; always pinned.
     pub sandbox_image: Option<String>,
+}
+
+/// One OCI runtime a pod can ask for by handler name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeHandlerConfig {
+    /// The runc-compatible binary.
+    pub path: PathBuf,
 }
 
 /// Settings for one registry host, in the spirit of containerd's `hosts.toml`.
@@ -133,6 +146,8 @@ impl Default for Config {
             cgroup_driver: None,
             shutdown_timeout: HumanDuration(Duration::from_secs(10)),
             image: ImageConfig::default(),
+            default_runtime: None,
+            runtimes: BTreeMap::new(),
             registries: BTreeMap::new(),
         }
     }
@@ -230,6 +245,24 @@ impl Config {
         if self.image.pull_progress_timeout.0.is_zero() {
             return invalid("image.pull_progress_timeout", "must be greater than zero");
         }
+        for (name, rt) in &self.runtimes {
+            if name.is_empty() || !rt.path.is_absolute() {
+                return invalid(
+                    &format!("runtimes.{name:?}.path"),
+                    "must be an absolute path",
+                );
+            }
+        }
+        if let Some(d) = self
+            .default_runtime
+            .as_ref()
+            .filter(|d| !self.runtimes.contains_key(*d) && !["runc", "crun"].contains(&d.as_str()))
+        {
+            return invalid(
+                "default_runtime",
+                &format!("{d:?} is not a configured runtime"),
+            );
+        }
         for (host, reg) in &self.registries {
             if host.is_empty() || host.contains('/') {
                 return invalid(
@@ -255,6 +288,33 @@ impl Config {
         Ok(())
     }
 
+    /// Every runtime handler: the configured ones plus `runc`/`crun` found in PATH.
+    pub fn runtime_handlers(&self) -> BTreeMap<String, PathBuf> {
+        let mut out: BTreeMap<String, PathBuf> = self
+            .runtimes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.path.clone()))
+            .collect();
+        for name in ["crun", "runc"] {
+            if let (false, Some(p)) = (out.contains_key(name), find_in_path(name)) {
+                out.insert(name.to_string(), p);
+            }
+        }
+        out
+    }
+
+    /// The handler used for `""`: configured, else crun, else runc.
+    pub fn default_runtime_handler(&self) -> Option<String> {
+        let handlers = self.runtime_handlers();
+        match &self.default_runtime {
+            Some(d) => Some(d.clone()),
+            None => ["crun", "runc"]
+                .iter()
+                .find(|n| handlers.contains_key(**n))
+                .map(|n| n.to_string()),
+        }
+    }
+
     pub fn cgroup_driver(&self) -> CgroupDriver {
         self.cgroup_driver.unwrap_or_else(CgroupDriver::detect)
     }
@@ -265,6 +325,19 @@ impl Config {
         v["cgroup_driver"] = serde_json::to_value(self.cgroup_driver()).unwrap_or_default();
         v
     }
+}
+
+/// The first executable `name` in PATH.
+pub fn find_in_path(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")
+        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 impl Default for RegistryHostConfig {

@@ -2,6 +2,7 @@ use std::sync::{Arc, RwLock};
 
 use crius_config::Config;
 use crius_image::{ImageStore, Puller};
+use crius_runtime::PodManager;
 
 /// Version of the build, stamped by build.rs.
 #[derive(Debug, Clone)]
@@ -16,6 +17,7 @@ pub struct Context {
     pub version: VersionInfo,
     pub images: Arc<ImageStore>,
     pub puller: Arc<Puller>,
+    pub pods: Arc<PodManager>,
     /// The pod CIDR last given by UpdateRuntimeConfig.
     pub pod_cidr: RwLock<String>,
 }
@@ -26,12 +28,14 @@ impl Context {
         version: VersionInfo,
         images: Arc<ImageStore>,
         puller: Arc<Puller>,
+        pods: Arc<PodManager>,
     ) -> Context {
         Context {
             config,
             version,
             images,
             puller,
+            pods,
             pod_cidr: RwLock::new(String::new()),
         }
     }

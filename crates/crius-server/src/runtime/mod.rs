@@ -1,7 +1,12 @@
 //! `runtime.v1.RuntimeService`: one file per implemented RPC; the rest answer Unimplemented.
 
+mod list_pod_sandbox;
+mod pod_sandbox_status;
+mod remove_pod_sandbox;
+mod run_pod_sandbox;
 mod runtime_config;
 mod status;
+mod stop_pod_sandbox;
 mod update_runtime_config;
 mod version;
 
@@ -60,37 +65,43 @@ impl RuntimeService for Runtime {
 
     async fn run_pod_sandbox(
         &self,
-        _req: Request<RunPodSandboxRequest>,
+        req: Request<RunPodSandboxRequest>,
     ) -> R<RunPodSandboxResponse> {
-        Err(unimplemented("RunPodSandbox"))
+        run_pod_sandbox::handle(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn stop_pod_sandbox(
         &self,
-        _req: Request<StopPodSandboxRequest>,
+        req: Request<StopPodSandboxRequest>,
     ) -> R<StopPodSandboxResponse> {
-        Err(unimplemented("StopPodSandbox"))
+        stop_pod_sandbox::handle(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn remove_pod_sandbox(
         &self,
-        _req: Request<RemovePodSandboxRequest>,
+        req: Request<RemovePodSandboxRequest>,
     ) -> R<RemovePodSandboxResponse> {
-        Err(unimplemented("RemovePodSandbox"))
+        remove_pod_sandbox::handle(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn pod_sandbox_status(
         &self,
-        _req: Request<PodSandboxStatusRequest>,
+        req: Request<PodSandboxStatusRequest>,
     ) -> R<PodSandboxStatusResponse> {
-        Err(unimplemented("PodSandboxStatus"))
+        pod_sandbox_status::handle(&self.ctx, req.into_inner()).map(Response::new)
     }
 
     async fn list_pod_sandbox(
         &self,
-        _req: Request<ListPodSandboxRequest>,
+        req: Request<ListPodSandboxRequest>,
     ) -> R<ListPodSandboxResponse> {
-        Err(unimplemented("ListPodSandbox"))
+        list_pod_sandbox::handle(&self.ctx, req.into_inner()).map(Response::new)
     }
 
     async fn create_container(

@@ -1,9 +1,8 @@
 //! Status: readiness conditions that tell the truth, and the effective config when verbose.
 
 use std::collections::HashMap;
-use std::path::Path;
 
-use k8s_cri::v1::{RuntimeCondition, RuntimeStatus, StatusRequest, StatusResponse};
+use k8s_cri::v1::{RuntimeCondition, RuntimeHandler, RuntimeStatus, StatusRequest, StatusResponse};
 use tonic::Status;
 
 use crate::context::Context;
@@ -11,25 +10,12 @@ use crate::context::Context;
 const RUNTIME_READY: &str = "RuntimeReady";
 const NETWORK_READY: &str = "NetworkReady";
 
-/// OCI runtimes crius can drive, in order of preference.
-const OCI_RUNTIMES: &[&str] = &["crun", "runc"];
-
-fn find_in_path(name: &str) -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH")
-        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| is_executable(p))
-}
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    p.metadata()
-        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
 pub fn handle(ctx: &Context, req: StatusRequest) -> Result<StatusResponse, Status> {
-    let runtime = OCI_RUNTIMES.iter().find_map(|r| find_in_path(r));
+    let handlers = ctx.config.runtime_handlers();
+    let runtime = ctx
+        .config
+        .default_runtime_handler()
+        .and_then(|h| handlers.get(&h).cloned());
     let runtime_condition = match &runtime {
         Some(_) => RuntimeCondition {
             r#type: RUNTIME_READY.into(),
@@ -41,7 +27,8 @@ pub fn handle(ctx: &Context, req: StatusRequest) -> Result<StatusResponse, Statu
             r#type: RUNTIME_READY.into(),
             status: false,
             reason: "NoOCIRuntime".into(),
-            message: format!("none of {} found in PATH", OCI_RUNTIMES.join(", ")),
+            message: "no OCI runtime: neither crun nor runc is in PATH, and none is configured"
+                .into(),
         },
     };
     // Pod networking (CNI) is not wired yet, and saying otherwise would make the kubelet
@@ -64,7 +51,13 @@ pub fn handle(ctx: &Context, req: StatusRequest) -> Result<StatusResponse, Statu
             conditions: vec![runtime_condition, network_condition],
         }),
         info,
-        runtime_handlers: Vec::new(),
+        runtime_handlers: handlers
+            .keys()
+            .map(|name| RuntimeHandler {
+                name: name.clone(),
+                features: None,
+            })
+            .collect(),
         features: None,
     })
 }

@@ -1,0 +1,506 @@
+//! One function per request, plus turning a finished runtime command into its response.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crius_monitor::cri_log::{Stream, now_unix_nanos};
+use crius_monitor::{
+    ContainerStatus, CreateRequest, ErrorCode, ExecRequest, ExecResult, MonitorError, Request,
+    Response,
+};
+
+use crate::container::Container;
+use crate::jobs::{Capture, Job, JobKind, PendingCreate};
+use crate::log_writer::{LogFile, OutputPipe};
+use crate::runtime::{self, Stdio3};
+use crate::server::Monitor;
+use crate::sys;
+
+/// Exec output kept per stream; the rest is drained and dropped.
+const EXEC_OUTPUT_LIMIT: usize = 16 * 1024 * 1024;
+/// Runtime error output kept for error messages.
+const RUNTIME_OUTPUT_LIMIT: usize = 64 * 1024;
+/// create/start/kill/delete that take longer than this are killed.
+const RUNTIME_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+    Response::Error(MonitorError {
+        code,
+        message: message.into(),
+    })
+}
+
+fn internal(what: &str, e: io::Error) -> Response {
+    error(ErrorCode::Internal, format!("{what}: {e}"))
+}
+
+fn not_found(id: &str) -> Response {
+    error(ErrorCode::NotFound, format!("no such container: {id}"))
+}
+
+impl Monitor {
+    /// Serves one request line. `None` means a job was started and answers later.
+    pub fn handle_line(&mut self, line: &[u8], conn: u64) -> Option<Response> {
+        let req = match Request::decode(line) {
+            Ok(r) => r,
+            Err(e) => return Some(error(ErrorCode::Invalid, e.to_string())),
+        };
+        let started = match req {
+            Request::Create(r) => self.create(r, conn),
+            Request::Start { id } => {
+                self.simple_job(&id, conn, JobKind::Start { id: id.clone() }, &["start"])
+            }
+            Request::Exec(r) => self.exec(r, conn),
+            Request::Kill { id, signal, all } => {
+                let sig = signal.to_string();
+                let mut args: Vec<&str> = vec!["kill"];
+                if all {
+                    args.push("--all");
+                }
+                args.push(&id);
+                args.push(&sig);
+                self.job_with_args(&id, conn, JobKind::Kill, &args)
+            }
+            Request::Delete { id, force } => {
+                let mut args: Vec<&str> = vec!["delete"];
+                if force {
+                    args.push("--force");
+                }
+                args.push(&id);
+                self.job_with_args(&id, conn, JobKind::Delete { id: id.clone() }, &args)
+            }
+            Request::ReopenLog { id } => Err(self.reopen_log(&id)),
+            Request::State => Err(Response::State(
+                self.containers.iter().map(Container::state).collect(),
+            )),
+            Request::Shutdown { force } => {
+                self.shutdown = Some(force || self.shutdown == Some(true));
+                Err(Response::Ok)
+            }
+        };
+        match started {
+            Ok(job) => {
+                self.jobs.push(job);
+                None
+            }
+            Err(resp) => Some(resp),
+        }
+    }
+
+    fn find(&self, id: &str) -> Option<usize> {
+        self.containers.iter().position(|c| c.id == id)
+    }
+
+    fn pending_create(&self, id: &str) -> bool {
+        self.jobs
+            .iter()
+            .any(|j| matches!(&j.kind, JobKind::Create(p) if p.container.id == id))
+    }
+
+    fn create(&mut self, req: CreateRequest, conn: u64) -> Result<Job, Response> {
+        if req.id.is_empty() || req.id.contains('/') || req.id.starts_with('.') {
+            return Err(error(ErrorCode::Invalid, "invalid container id"));
+        }
+        if req.runtime.as_os_str().is_empty() || req.bundle.as_os_str().is_empty() {
+            return Err(error(ErrorCode::Invalid, "runtime and bundle are required"));
+        }
+        if self.find(&req.id).is_some() || self.pending_create(&req.id) {
+            return Err(error(
+                ErrorCode::AlreadyExists,
+                format!("container {} already exists", req.id),
+            ));
+        }
+        let log = LogFile::open(&req.log_path)
+            .map_err(|e| internal(&format!("opening log {}", req.log_path.display()), e))?;
+        let mut container = Container {
+            id: req.id.clone(),
+            pid: 0,
+            status: ContainerStatus::Created,
+            exit_code: None,
+            exited_at: None,
+            runtime: req.runtime.clone(),
+            runtime_root: req.runtime_root.clone(),
+            exit_dir: req.exit_dir.clone(),
+            log,
+            stdout: None,
+            stderr: None,
+            stdin: None,
+        };
+        let pid_file = req.bundle.join("pid");
+        let _ = fs::remove_file(&pid_file);
+        let mut args: Vec<&OsStr> = vec![
+            "create".as_ref(),
+            "--bundle".as_ref(),
+            req.bundle.as_os_str(),
+            "--pid-file".as_ref(),
+            pid_file.as_os_str(),
+        ];
+        let fail = |e| internal("creating stdio", e);
+        let (stdio, console, runtime_err) = if req.tty {
+            self.seq += 1;
+            let path = self.opts.dir.join(format!("console-{}.sock", self.seq));
+            let _ = fs::remove_file(&path);
+            let listener = UnixListener::bind(&path).map_err(fail)?;
+            listener.set_nonblocking(true).map_err(fail)?;
+            // The pty carries the container's stdio; the runtime's own stderr is captured.
+            let (r, w) = sys::pipe().map_err(fail)?;
+            let io = Stdio3 {
+                stdin: None,
+                stdout: None,
+                stderr: Some(w),
+            };
+            (
+                io,
+                Some((listener, path)),
+                Some(Capture::new(r, RUNTIME_OUTPUT_LIMIT).map_err(fail)?),
+            )
+        } else {
+            let stdin = if req.stdin {
+                let (r, w) = sys::pipe().map_err(fail)?;
+                container.stdin = Some(w);
+                Some(r)
+            } else {
+                None
+            };
+            let (out_r, out_w) = sys::pipe().map_err(fail)?;
+            let (err_r, err_w) = sys::pipe().map_err(fail)?;
+            container.stdout = Some(OutputPipe::new(out_r, Stream::Stdout).map_err(fail)?);
+            container.stderr = Some(OutputPipe::new(err_r, Stream::Stderr).map_err(fail)?);
+            // The runtime shares the container's stdio, so its error text lands in the stderr
+            // pipe; on failure it is read from there (nothing else can write to it yet).
+            let io = Stdio3 {
+                stdin,
+                stdout: Some(out_w),
+                stderr: Some(err_w),
+            };
+            (io, None, None)
+        };
+        if let Some((_, path)) = &console {
+            args.push("--console-socket".as_ref());
+            args.push(path.as_os_str());
+        }
+        args.push(req.id.as_ref());
+        let spawned = runtime::spawn(&req.runtime, &req.runtime_root, &args, stdio);
+        let pid = match spawned {
+            Ok(pid) => pid,
+            Err(e) => {
+                if let Some((_, path)) = &console {
+                    let _ = fs::remove_file(path);
+                }
+                return Err(internal(&format!("running {}", req.runtime.display()), e));
+            }
+        };
+        self.had_container = true;
+        Ok(Job {
+            pid,
+            conn: Some(conn),
+            kind: JobKind::Create(Box::new(PendingCreate {
+                container,
+                bundle: req.bundle,
+                console,
+                console_master: None,
+            })),
+            stdout: None,
+            stderr: runtime_err,
+            deadline: Some(Instant::now() + RUNTIME_TIMEOUT),
+            timed_out: false,
+        })
+    }
+
+    fn simple_job(
+        &mut self,
+        id: &str,
+        conn: u64,
+        kind: JobKind,
+        args: &[&str],
+    ) -> Result<Job, Response> {
+        let mut all: Vec<&str> = args.to_vec();
+        all.push(id);
+        self.job_with_args(id, conn, kind, &all)
+    }
+
+    /// Runs `<runtime> --root <root> <args>` for a known container, capturing its output.
+    fn job_with_args(
+        &mut self,
+        id: &str,
+        conn: u64,
+        kind: JobKind,
+        args: &[&str],
+    ) -> Result<Job, Response> {
+        let Some(i) = self.find(id) else {
+            return Err(not_found(id));
+        };
+        let c = &self.containers[i];
+        let fail = |e| internal("creating pipes", e);
+        let (out_r, out_w) = sys::pipe().map_err(fail)?;
+        let (err_r, err_w) = sys::pipe().map_err(fail)?;
+        let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        let io = Stdio3 {
+            stdin: None,
+            stdout: Some(out_w),
+            stderr: Some(err_w),
+        };
+        let pid = runtime::spawn(&c.runtime, &c.runtime_root, &args, io)
+            .map_err(|e| internal(&format!("running {}", c.runtime.display()), e))?;
+        Ok(Job {
+            pid,
+            conn: Some(conn),
+            kind,
+            stdout: Some(Capture::new(out_r, RUNTIME_OUTPUT_LIMIT).map_err(fail)?),
+            stderr: Some(Capture::new(err_r, RUNTIME_OUTPUT_LIMIT).map_err(fail)?),
+            deadline: Some(Instant::now() + RUNTIME_TIMEOUT),
+            timed_out: false,
+        })
+    }
+
+    fn exec(&mut self, req: ExecRequest, conn: u64) -> Result<Job, Response> {
+        let Some(i) = self.find(&req.id) else {
+            return Err(not_found(&req.id));
+        };
+        if self.containers[i].status != ContainerStatus::Running {
+            return Err(error(
+                ErrorCode::FailedPrecondition,
+                format!("container {} is not running", req.id),
+            ));
+        }
+        if req.tty {
+            return Err(error(
+                ErrorCode::Invalid,
+                "exec with a tty is not supported",
+            ));
+        }
+        if req.argv.is_empty() {
+            return Err(error(ErrorCode::Invalid, "exec needs a command"));
+        }
+        self.seq += 1;
+        let process_file = self.opts.dir.join(format!("exec-{}.json", self.seq));
+        let pid_file = self.opts.dir.join(format!("exec-{}.pid", self.seq));
+        fs::write(&process_file, runtime::exec_process_json(&req))
+            .map_err(|e| internal("writing exec process file", e))?;
+        let cleanup = |r: Response| {
+            let _ = fs::remove_file(&process_file);
+            r
+        };
+        let fail = |e| internal("creating pipes", e);
+        let (out_r, out_w) = sys::pipe().map_err(fail).map_err(cleanup)?;
+        let (err_r, err_w) = sys::pipe().map_err(fail).map_err(cleanup)?;
+        let c = &self.containers[i];
+        let args: [&OsStr; 6] = [
+            "exec".as_ref(),
+            "--process".as_ref(),
+            process_file.as_os_str(),
+            "--pid-file".as_ref(),
+            pid_file.as_os_str(),
+            req.id.as_ref(),
+        ];
+        let io = Stdio3 {
+            stdin: None,
+            stdout: Some(out_w),
+            stderr: Some(err_w),
+        };
+        let pid = runtime::spawn(&c.runtime, &c.runtime_root, &args, io)
+            .map_err(|e| cleanup(internal("running runtime exec", e)))?;
+        Ok(Job {
+            pid,
+            conn: Some(conn),
+            kind: JobKind::Exec {
+                process_file,
+                pid_file,
+            },
+            stdout: Some(Capture::new(out_r, EXEC_OUTPUT_LIMIT).map_err(fail)?),
+            stderr: Some(Capture::new(err_r, EXEC_OUTPUT_LIMIT).map_err(fail)?),
+            deadline: (req.timeout_ms > 0)
+                .then(|| Instant::now() + Duration::from_millis(req.timeout_ms)),
+            timed_out: false,
+        })
+    }
+
+    fn reopen_log(&mut self, id: &str) -> Response {
+        let Some(i) = self.find(id) else {
+            return not_found(id);
+        };
+        let c = &mut self.containers[i];
+        if c.status != ContainerStatus::Running {
+            return error(
+                ErrorCode::FailedPrecondition,
+                format!("container {id} is not running"),
+            );
+        }
+        match c.log.reopen() {
+            Ok(()) => Response::Ok,
+            Err(e) => internal("reopening log", e),
+        }
+    }
+
+    /// A runtime command was reaped: build and send its response.
+    pub fn finish_job(&mut self, mut job: Job, code: i32) {
+        self.pump_job(&mut job);
+        let failed = |job: &Job, what: &str| {
+            let how = if job.timed_out {
+                "timed out".to_string()
+            } else {
+                format!("exited with {code}")
+            };
+            error(
+                ErrorCode::Runtime,
+                format!("runtime {what} {how}: {}", job.output_text()),
+            )
+        };
+        let ok = code == 0 && !job.timed_out;
+        let resp = match std::mem::replace(&mut job.kind, JobKind::Start { id: String::new() }) {
+            JobKind::Create(pending) => self.finish_create(&job, *pending, ok, code),
+            JobKind::Start { id } => {
+                if ok {
+                    let at = now_unix_nanos();
+                    if let Some(i) = self.find(&id) {
+                        let c = &mut self.containers[i];
+                        // It may already have run and exited; never resurrect it.
+                        if c.status == ContainerStatus::Created {
+                            c.status = ContainerStatus::Running;
+                        }
+                    }
+                    Response::Started {
+                        started_at_unix_nanos: at,
+                    }
+                } else {
+                    failed(&job, "start")
+                }
+            }
+            JobKind::Kill => {
+                if ok {
+                    Response::Ok
+                } else {
+                    failed(&job, "kill")
+                }
+            }
+            JobKind::Delete { id } => {
+                if ok {
+                    if let Some(i) = self.find(&id) {
+                        self.pump_container(i, true);
+                        self.containers.swap_remove(i);
+                    }
+                    Response::Ok
+                } else {
+                    failed(&job, "delete")
+                }
+            }
+            JobKind::Exec {
+                process_file,
+                pid_file,
+            } => {
+                if job.timed_out {
+                    // The runtime is gone; make sure the process it started is too.
+                    kill_exec_process(&pid_file);
+                }
+                let _ = fs::remove_file(&process_file);
+                let _ = fs::remove_file(&pid_file);
+                let take = |c: &mut Option<Capture>| c.take().map(|c| c.data).unwrap_or_default();
+                Response::ExecResult(ExecResult {
+                    exit_code: code,
+                    stdout: take(&mut job.stdout),
+                    stderr: take(&mut job.stderr),
+                    timed_out: job.timed_out,
+                })
+            }
+        };
+        if let Some(conn) = job.conn {
+            self.respond(conn, &resp);
+            self.process_lines(conn);
+        }
+    }
+
+    fn finish_create(&mut self, job: &Job, mut p: PendingCreate, ok: bool, code: i32) -> Response {
+        if let Some((listener, path)) = p.console.take() {
+            if ok && p.console_master.is_none() {
+                p.console_master = accept_console(&listener).ok();
+            }
+            let _ = fs::remove_file(path);
+        }
+        let pid_file = p.bundle.join("pid");
+        let pid = if ok {
+            fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok())
+        } else {
+            None
+        };
+        let mut c = p.container;
+        let Some(pid) = pid.filter(|&pid| pid > 0) else {
+            // The runtime's error text is in the capture (tty) or the container pipes.
+            let mut msg = job.output_text();
+            let mut buf = vec![0u8; 4096];
+            for pipe in [&c.stderr, &c.stdout].into_iter().flatten() {
+                while let Ok(n @ 1..) = sys::read(pipe.fd.as_fd(), &mut buf) {
+                    msg.push_str(String::from_utf8_lossy(&buf[..n]).trim());
+                    if msg.len() > RUNTIME_OUTPUT_LIMIT {
+                        break;
+                    }
+                }
+            }
+            let what = if job.timed_out {
+                "timed out".to_string()
+            } else if ok {
+                format!(
+                    "succeeded but left no valid pid file {}",
+                    pid_file.display()
+                )
+            } else {
+                format!("exited with {code}")
+            };
+            return error(ErrorCode::Runtime, format!("runtime create {what}: {msg}"));
+        };
+        if let Some(master) = p.console_master.take() {
+            match OutputPipe::new(master, Stream::Stdout) {
+                Ok(pipe) => c.stdout = Some(pipe),
+                Err(e) => eprintln!("crius-monitor: console for {}: {e}", c.id),
+            }
+        }
+        c.pid = pid;
+        self.containers.push(c);
+        if let Some((code, at)) = self.recent_exits.take(pid) {
+            let last = self.containers.len() - 1;
+            self.containers[last].record_exit(code, at);
+        }
+        Response::Created { pid: pid as u32 }
+    }
+}
+
+/// Timeout: kill the runtime command (and, for exec, the process it started).
+pub fn kill_job(job: &mut Job) {
+    if let JobKind::Exec { pid_file, .. } = &job.kind {
+        kill_exec_process(pid_file);
+    }
+    sys::kill(job.pid, libc::SIGKILL);
+}
+
+fn kill_exec_process(pid_file: &Path) {
+    if let Some(pid) = fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    {
+        sys::kill(pid, libc::SIGKILL);
+    }
+}
+
+/// The console socket became readable: take the pty master the runtime sends.
+pub fn receive_console(job: &mut Job) {
+    if let JobKind::Create(p) = &mut job.kind
+        && let Some((listener, _)) = &p.console
+        && let Ok(fd) = accept_console(listener)
+    {
+        p.console_master = Some(fd);
+    }
+}
+
+fn accept_console(listener: &UnixListener) -> io::Result<OwnedFd> {
+    let (stream, _) = listener.accept()?;
+    // The runtime sends right after connecting; don't let a broken one hang the loop.
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    sys::recv_fd(stream.as_fd())
+}

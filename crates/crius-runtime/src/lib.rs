@@ -1,0 +1,25 @@
+//! Pod sandbox and container lifecycle.
+//!
+//! A pod is a record (its CRI config and what was built for it) persisted atomically under
+//! `<root>/pods/<id>.json`, plus runtime state under `<state>/pods/<id>/` (pinned namespaces,
+//! /dev/shm, hostname, resolv.conf, hosts) that a reboot clears. Building and tearing down the
+//! runtime state goes through [`SandboxOps`], so tests can inject failures.
+//!
+//! Pod states:
+//!
+//! ```text
+//!   RunPodSandbox ──▶ Ready ──StopPodSandbox──▶ NotReady ──RemovePodSandbox──▶ (gone)
+//!        │ failure: everything built so far is undone; no record remains
+//! ```
+
+mod error;
+mod ids;
+mod ops;
+mod pods;
+mod record;
+
+pub use error::RuntimeError;
+pub use ids::new_id;
+pub use ops::{HostSandboxOps, SandboxOps};
+pub use pods::{PodFilter, PodManager, PodManagerOptions};
+pub use record::{PodRecord, PodState};

@@ -1,0 +1,470 @@
+//! The pod manager: RunPodSandbox, StopPodSandbox, RemovePodSandbox, status and listing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crius_sandbox::{DnsConfig, NsType, PinRequest};
+use crius_state::{create_dir_all, read_json, write_json};
+use k8s_cri::v1::{NamespaceMode, PodSandboxConfig};
+use tracing::{info, warn};
+
+use crate::error::{RuntimeError, invalid, io_err};
+use crate::ids::{new_id, resolve};
+use crate::ops::SandboxOps;
+use crate::record::{PodRecord, PodState, name_key};
+
+/// The size of a pod's /dev/shm when nothing else is asked for (as Docker and containerd).
+pub const DEFAULT_SHM_SIZE: u64 = 64 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct PodManagerOptions {
+    /// `<root>/pods`: one JSON record per pod.
+    pub records_dir: PathBuf,
+    /// `<state>`: runtime state (pod dirs under `pods/`, network namespaces under `netns/`).
+    pub state_dir: PathBuf,
+    /// Runtime handler name → OCI runtime binary.
+    pub handlers: BTreeMap<String, PathBuf>,
+    /// The handler used for `""`.
+    pub default_handler: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PodFilter {
+    /// A full id or a prefix of one.
+    pub id: Option<String>,
+    pub state: Option<PodState>,
+    pub labels: BTreeMap<String, String>,
+}
+
+pub struct PodManager {
+    opts: PodManagerOptions,
+    ops: Arc<dyn SandboxOps>,
+    pods: Mutex<BTreeMap<String, PodRecord>>,
+    /// Serialises work on one pod (by id) or one pod name (while it is being created), so a
+    /// retried RunPodSandbox waits for the first and then finds its pod.
+    locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+/// Undo steps of a half-built pod, run newest first unless disarmed.
+struct Rollback(Vec<Box<dyn FnOnce() + Send>>);
+
+impl Rollback {
+    fn push(&mut self, f: impl FnOnce() + Send + 'static) {
+        self.0.push(Box::new(f));
+    }
+    fn disarm(mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for Rollback {
+    fn drop(&mut self) {
+        while let Some(f) = self.0.pop() {
+            f();
+        }
+    }
+}
+
+impl PodManager {
+    /// Loads every pod record. A record that cannot be read is set aside and logged; it never
+    /// stops the others from loading.
+    pub fn open(
+        opts: PodManagerOptions,
+        ops: Arc<dyn SandboxOps>,
+    ) -> Result<PodManager, RuntimeError> {
+        create_dir_all(&opts.records_dir, 0o700)?;
+        create_dir_all(&opts.state_dir.join("pods"), 0o711)?;
+        let mut pods = BTreeMap::new();
+        let entries =
+            fs::read_dir(&opts.records_dir).map_err(io_err("reading", &opts.records_dir))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            match read_json::<PodRecord>(&path) {
+                Ok(Some(mut pod)) => {
+                    // After a reboot the runtime state is gone: the pod cannot run anything.
+                    if pod.state == PodState::Ready && !pod.dir.is_dir() {
+                        warn!(pod_id = %pod.id, "pod state directory is gone (reboot?); marking NotReady");
+                        pod.state = PodState::NotReady;
+                        let _ = write_json(&path, &pod);
+                    }
+                    pods.insert(pod.id.clone(), pod);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let aside = path.with_extension("json.corrupt");
+                    warn!(path = %path.display(), error = %e, "unreadable pod record set aside");
+                    let _ = fs::rename(&path, &aside);
+                }
+            }
+        }
+        info!(pods = pods.len(), "pod records loaded");
+        Ok(PodManager {
+            opts,
+            ops,
+            pods: Mutex::new(pods),
+            locks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn lock_pods(&self) -> MutexGuard<'_, BTreeMap<String, PodRecord>> {
+        self.pods.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn key_lock(&self, key: &str) -> Arc<Mutex<()>> {
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn record_path(&self, id: &str) -> PathBuf {
+        self.opts.records_dir.join(format!("{id}.json"))
+    }
+
+    /// The handler to use for `requested`, or an error naming the unknown one.
+    pub fn resolve_handler(&self, requested: &str) -> Result<String, RuntimeError> {
+        let name = if requested.is_empty() {
+            self.opts.default_handler.clone().ok_or_else(|| {
+                invalid(
+                    "runtime_handler",
+                    "no OCI runtime (crun or runc) is installed or configured",
+                )
+            })?
+        } else {
+            requested.to_string()
+        };
+        if !self.opts.handlers.contains_key(&name) {
+            let known: Vec<&str> = self.opts.handlers.keys().map(String::as_str).collect();
+            return Err(invalid(
+                "runtime_handler",
+                format!(
+                    "unknown runtime handler {name:?} (known: {})",
+                    known.join(", ")
+                ),
+            ));
+        }
+        Ok(name)
+    }
+
+    /// Creates a pod, or returns the existing one when the same pod (name, namespace, uid,
+    /// attempt) was already created, e.g. by a call the kubelet timed out on.
+    pub fn run(
+        &self,
+        config: PodSandboxConfig,
+        runtime_handler: &str,
+    ) -> Result<String, RuntimeError> {
+        let handler = self.resolve_handler(runtime_handler)?;
+        let plan = Plan::from_config(&config)?;
+        crius_sandbox::validate_sysctls(&plan.sysctls, &plan.own).map_err(|source| {
+            RuntimeError::Sandbox {
+                pod_id: String::new(),
+                source,
+            }
+        })?;
+        let key = name_key(&config);
+        let lock = self.key_lock(&key);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = self.lock_pods().values().find(|p| p.name_key() == key) {
+            info!(pod_id = %existing.id, "RunPodSandbox retried: returning the existing pod");
+            return Ok(existing.id.clone());
+        }
+
+        let id = new_id();
+        let dir = self.opts.state_dir.join("pods").join(&id);
+        let mut undo = Rollback(Vec::new());
+        create_dir_all(&dir, 0o711)?;
+        let d = dir.clone();
+        undo.push(move || {
+            let _ = fs::remove_dir_all(&d);
+        });
+        if !config.log_directory.is_empty() {
+            let log_dir = Path::new(&config.log_directory);
+            if !log_dir.is_absolute() {
+                return Err(invalid(
+                    "config.log_directory",
+                    format!("{:?} is not an absolute path", config.log_directory),
+                ));
+            }
+            create_dir_all(log_dir, 0o755)?;
+        }
+
+        let pinned = self
+            .ops
+            .pin(&PinRequest {
+                pod_id: id.clone(),
+                types: plan.own.clone(),
+                net_dir: self.opts.state_dir.join("netns"),
+                ns_dir: dir.join("ns"),
+                hostname: plan
+                    .own
+                    .contains(&NsType::Uts)
+                    .then(|| plan.hostname.clone()),
+                sysctls: plan.sysctls.clone(),
+                loopback_up: true,
+            })
+            .map_err(|source| RuntimeError::Sandbox {
+                pod_id: id.clone(),
+                source,
+            })?;
+        let ops = self.ops.clone();
+        let p = pinned.clone();
+        undo.push(move || {
+            if let Err(e) = ops.unpin(&p) {
+                warn!(error = %e, "rollback: unpinning namespaces failed");
+            }
+        });
+
+        let (shm, shm_mounted) = if plan.own.contains(&NsType::Ipc) {
+            let shm = dir.join("shm");
+            create_dir_all(&shm, 0o755)?;
+            self.ops
+                .mount_shm(&shm, DEFAULT_SHM_SIZE)
+                .map_err(|source| RuntimeError::Sandbox {
+                    pod_id: id.clone(),
+                    source,
+                })?;
+            let ops = self.ops.clone();
+            let s = shm.clone();
+            undo.push(move || {
+                let _ = ops.unmount_shm(&s);
+            });
+            (shm, true)
+        } else {
+            (PathBuf::from("/dev/shm"), false)
+        };
+
+        let sandbox_err = |source| RuntimeError::Sandbox {
+            pod_id: id.clone(),
+            source,
+        };
+        let hostname_file = dir.join("hostname");
+        let resolv_conf = dir.join("resolv.conf");
+        let hosts_file = dir.join("hosts");
+        crius_sandbox::write_hostname(&hostname_file, &plan.hostname).map_err(sandbox_err)?;
+        let dns = config.dns_config.as_ref().map(|d| DnsConfig {
+            servers: d.servers.clone(),
+            searches: d.searches.clone(),
+            options: d.options.clone(),
+        });
+        crius_sandbox::write_resolv_conf(&resolv_conf, dns.as_ref()).map_err(sandbox_err)?;
+        crius_sandbox::write_hosts(&hosts_file, &plan.hostname, &[]).map_err(sandbox_err)?;
+
+        let record = PodRecord {
+            id: id.clone(),
+            config,
+            runtime_handler: handler,
+            created_at: chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default(),
+            state: PodState::Ready,
+            namespaces: pinned,
+            dir,
+            shm,
+            shm_mounted,
+            hostname_file,
+            resolv_conf,
+            hosts_file,
+        };
+        write_json(&self.record_path(&id), &record)?;
+        self.lock_pods().insert(id.clone(), record);
+        undo.disarm();
+        info!(pod_id = %id, "pod sandbox ready");
+        Ok(id)
+    }
+
+    /// Resolves an id or unique id prefix; `Ok(None)` when no pod matches.
+    pub fn find(&self, id: &str) -> Result<Option<PodRecord>, RuntimeError> {
+        if id.is_empty() {
+            return Err(invalid("pod_sandbox_id", "must not be empty"));
+        }
+        let pods = self.lock_pods();
+        match resolve(id, pods.keys()) {
+            Ok(found) => Ok(found.and_then(|id| pods.get(&id).cloned())),
+            Err(()) => Err(RuntimeError::Ambiguous { prefix: id.into() }),
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Result<PodRecord, RuntimeError> {
+        self.find(id)?
+            .ok_or_else(|| RuntimeError::PodNotFound { id: id.into() })
+    }
+
+    /// Stops the pod: its namespaces and /dev/shm are released. Stopping a stopped or unknown
+    /// pod succeeds.
+    pub fn stop(&self, id: &str) -> Result<(), RuntimeError> {
+        let Some(pod) = self.find(id)? else {
+            return Ok(());
+        };
+        let lock = self.key_lock(&pod.id);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.teardown(&pod)?;
+        let mut pods = self.lock_pods();
+        if let Some(p) = pods.get_mut(&pod.id).filter(|p| p.state != PodState::NotReady) {
+            p.state = PodState::NotReady;
+            write_json(&self.record_path(&p.id), p)?;
+            info!(pod_id = %p.id, "pod sandbox stopped");
+        }
+        Ok(())
+    }
+
+    /// Idempotent release of what the pod holds on the host.
+    fn teardown(&self, pod: &PodRecord) -> Result<(), RuntimeError> {
+        let err = |source| RuntimeError::Sandbox {
+            pod_id: pod.id.clone(),
+            source,
+        };
+        if pod.shm_mounted {
+            self.ops.unmount_shm(&pod.shm).map_err(err)?;
+        }
+        self.ops.unpin(&pod.namespaces).map_err(err)?;
+        Ok(())
+    }
+
+    /// Removes the pod: stopped first if needed, then every file of it. Removing an unknown
+    /// pod succeeds.
+    pub fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let Some(pod) = self.find(id)? else {
+            return Ok(());
+        };
+        self.stop(&pod.id)?;
+        let lock = self.key_lock(&pod.id);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        match fs::remove_dir_all(&pod.dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("removing", &pod.dir)(e)),
+        }
+        let path = self.record_path(&pod.id);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("removing", &path)(e)),
+        }
+        self.lock_pods().remove(&pod.id);
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&pod.id);
+        info!(pod_id = %pod.id, "pod sandbox removed");
+        Ok(())
+    }
+
+    pub fn list(&self, filter: &PodFilter) -> Vec<PodRecord> {
+        self.lock_pods()
+            .values()
+            .filter(|p| {
+                filter
+                    .id
+                    .as_ref()
+                    .is_none_or(|id| p.id.starts_with(id.as_str()))
+            })
+            .filter(|p| filter.state.is_none_or(|s| p.state == s))
+            .filter(|p| {
+                filter
+                    .labels
+                    .iter()
+                    .all(|(k, v)| p.config.labels.get(k) == Some(v))
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+/// What a pod config asks for, validated.
+struct Plan {
+    own: Vec<NsType>,
+    hostname: String,
+    sysctls: BTreeMap<String, String>,
+}
+
+impl Plan {
+    fn from_config(config: &PodSandboxConfig) -> Result<Plan, RuntimeError> {
+        let meta = config
+            .metadata
+            .as_ref()
+            .ok_or_else(|| invalid("config.metadata", "is required"))?;
+        for (field, value) in [
+            ("name", &meta.name),
+            ("namespace", &meta.namespace),
+            ("uid", &meta.uid),
+        ] {
+            if value.is_empty() {
+                return Err(invalid(
+                    &format!("config.metadata.{field}"),
+                    "must not be empty",
+                ));
+            }
+        }
+        let linux = config.linux.clone().unwrap_or_default();
+        let ns = linux
+            .security_context
+            .and_then(|s| s.namespace_options)
+            .unwrap_or_default();
+        let mode = |v: i32, field: &str| {
+            NamespaceMode::try_from(v).map_err(|_| {
+                invalid(
+                    &format!("config.linux.security_context.namespace_options.{field}"),
+                    format!("unknown mode {v}"),
+                )
+            })
+        };
+        let network = mode(ns.network, "network")?;
+        let pid = mode(ns.pid, "pid")?;
+        let ipc = mode(ns.ipc, "ipc")?;
+        if network == NamespaceMode::Target
+            || ipc == NamespaceMode::Target
+            || pid == NamespaceMode::Target
+        {
+            return Err(invalid(
+                "config.linux.security_context.namespace_options",
+                "TARGET mode is only valid for containers",
+            ));
+        }
+        let mut own = Vec::new();
+        if network != NamespaceMode::Node {
+            // A host-network pod shares the host's UTS namespace too, as with the kubelet.
+            own.push(NsType::Net);
+            own.push(NsType::Uts);
+        }
+        if ipc != NamespaceMode::Node {
+            own.push(NsType::Ipc);
+        }
+        if pid == NamespaceMode::Pod {
+            own.push(NsType::Pid);
+        }
+        let hostname = if network == NamespaceMode::Node {
+            nix_hostname()
+        } else if config.hostname.is_empty() {
+            meta.name.clone()
+        } else {
+            config.hostname.clone()
+        };
+        if hostname.len() > 64
+            || hostname.is_empty()
+            || !hostname
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            return Err(invalid(
+                "config.hostname",
+                format!("{hostname:?} is not a valid hostname"),
+            ));
+        }
+        Ok(Plan {
+            own,
+            hostname,
+            sysctls: linux.sysctls.into_iter().collect(),
+        })
+    }
+}
+
+fn nix_hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}

@@ -1,0 +1,77 @@
+//! PodSandboxStatus: state, metadata, namespace options, labels; `verbose` adds the pid of the
+//! pod's init, its paths and its config.
+
+use std::collections::HashMap;
+
+use crius_runtime::{PodRecord, PodState};
+use k8s_cri::v1::{
+    LinuxPodSandboxStatus, Namespace, PodSandboxNetworkStatus, PodSandboxState, PodSandboxStatus,
+    PodSandboxStatusRequest, PodSandboxStatusResponse,
+};
+use tonic::Status;
+
+use crate::context::Context;
+use crate::status::{invalid, to_status};
+
+pub fn handle(
+    ctx: &Context,
+    req: PodSandboxStatusRequest,
+) -> Result<PodSandboxStatusResponse, Status> {
+    if req.pod_sandbox_id.is_empty() {
+        return Err(invalid("pod_sandbox_id", "must not be empty"));
+    }
+    let pod = ctx.pods.get(&req.pod_sandbox_id).map_err(to_status)?;
+    tracing::Span::current().record("pod_id", pod.id.as_str());
+    let mut info = HashMap::new();
+    if req.verbose {
+        let verbose = serde_json::json!({
+            "pid": pod.namespaces.init.as_ref().map(|i| i.pid),
+            "netns": pod.namespaces.net,
+            "namespaces": pod.namespaces,
+            "dir": pod.dir,
+            "shm": pod.shm,
+            "resolvConf": pod.resolv_conf,
+            "hosts": pod.hosts_file,
+            "hostname": pod.hostname_file,
+            "runtimeHandler": pod.runtime_handler,
+            "config": pod.config,
+        });
+        info.insert("info".to_string(), verbose.to_string());
+    }
+    Ok(PodSandboxStatusResponse {
+        status: Some(status_of(&pod)),
+        info,
+        containers_statuses: Vec::new(),
+        timestamp: 0,
+    })
+}
+
+pub(crate) fn state_of(pod: &PodRecord) -> PodSandboxState {
+    match pod.state {
+        PodState::Ready => PodSandboxState::SandboxReady,
+        PodState::NotReady => PodSandboxState::SandboxNotready,
+    }
+}
+
+fn status_of(pod: &PodRecord) -> PodSandboxStatus {
+    let options = pod
+        .config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone());
+    PodSandboxStatus {
+        id: pod.id.clone(),
+        metadata: pod.config.metadata.clone(),
+        state: state_of(pod) as i32,
+        created_at: pod.created_at,
+        // Pod networking (CNI) comes later: no address yet.
+        network: Some(PodSandboxNetworkStatus::default()),
+        linux: Some(LinuxPodSandboxStatus {
+            namespaces: Some(Namespace { options }),
+        }),
+        labels: pod.config.labels.clone(),
+        annotations: pod.config.annotations.clone(),
+        runtime_handler: pod.runtime_handler.clone(),
+    }
+}
