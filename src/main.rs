@@ -12,7 +12,9 @@ mod reaper;
 use std::sync::Arc;
 
 use crius_image::{ImageStore, PullOptions, Puller, StoreOptions};
-use crius_runtime::{HostSandboxOps, PodManager, PodManagerOptions};
+use crius_runtime::{
+    ContainerManager, ContainerManagerOptions, HostSandboxOps, PodManager, PodManagerOptions,
+};
 use crius_server::{Context, VersionInfo};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
@@ -172,6 +174,22 @@ async fn run(config: Config) -> Result<()> {
         .await??,
     );
 
+    let containers = Arc::new(
+        tokio::task::spawn_blocking({
+            let opts = ContainerManagerOptions {
+                root_dir: config.root.join("containers"),
+                state_dir: config.state.join("containers"),
+                runtime_root: config.state.join("runtime"),
+                monitor_binary: crius_sandbox::helper_path("crius-monitor"),
+                monitor_socket_dir: config.state.join("m"),
+                handlers: config.runtime_handlers(),
+            };
+            let pods = pods.clone();
+            move || ContainerManager::open(opts, pods)
+        })
+        .await??,
+    );
+
     let listener = bind(&config.listen)?;
     info!(socket = %config.listen.display(), "serving the CRI");
     let shutdown_timeout = config.shutdown_timeout.0;
@@ -185,6 +203,7 @@ async fn run(config: Config) -> Result<()> {
         store,
         puller,
         pods,
+        containers,
     );
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -17,6 +17,29 @@ pub enum RuntimeError {
         pod_id: String,
         source: SandboxError,
     },
+    #[error("container {id:?} not found")]
+    ContainerNotFound { id: String },
+    #[error("pod sandbox {id} is not ready")]
+    NotReady { id: String },
+    #[error("a container named {name:?} already exists in the pod: {id}")]
+    NameInUse { name: String, id: String },
+    #[error("container {id} is {state}, not {wanted}")]
+    WrongState {
+        id: String,
+        state: String,
+        wanted: &'static str,
+    },
+    #[error("container {id}: {source}")]
+    Spec {
+        id: String,
+        source: crius_oci::SpecError,
+    },
+    #[error("container {id}: {op}: {message}")]
+    Monitor {
+        id: String,
+        op: &'static str,
+        message: String,
+    },
     #[error(transparent)]
     State(#[from] StateError),
     #[error("{op} {path}: {source}")]
@@ -33,7 +56,15 @@ impl HasKind for RuntimeError {
             RuntimeError::Invalid { .. } | RuntimeError::Ambiguous { .. } => {
                 ErrorKind::InvalidArgument
             }
-            RuntimeError::PodNotFound { .. } => ErrorKind::NotFound,
+            RuntimeError::PodNotFound { .. } | RuntimeError::ContainerNotFound { .. } => {
+                ErrorKind::NotFound
+            }
+            RuntimeError::NotReady { .. } | RuntimeError::WrongState { .. } => {
+                ErrorKind::FailedPrecondition
+            }
+            RuntimeError::NameInUse { .. } => ErrorKind::AlreadyExists,
+            RuntimeError::Spec { source, .. } => source.kind(),
+            RuntimeError::Monitor { .. } => ErrorKind::Internal,
             RuntimeError::Sandbox { source, .. } => source.kind(),
             RuntimeError::State(e) => e.kind(),
             RuntimeError::Io { source, .. } => ErrorKind::from_io(source),

@@ -12,12 +12,18 @@
 //!        │ failure: everything built so far is undone; no record remains
 //! ```
 
+mod containers;
 mod error;
 mod ids;
 mod ops;
 mod pods;
 mod record;
+mod rootfs;
 
+pub use containers::{
+    ContainerFilter, ContainerManager, ContainerManagerOptions, ContainerRecord, ContainerState,
+    ExecOutput, ImageInfo, signal_number,
+};
 pub use error::RuntimeError;
 pub use ids::new_id;
 pub use ops::{HostSandboxOps, SandboxOps};

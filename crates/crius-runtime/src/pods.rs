@@ -304,7 +304,10 @@ impl PodManager {
         let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
         self.teardown(&pod)?;
         let mut pods = self.lock_pods();
-        if let Some(p) = pods.get_mut(&pod.id).filter(|p| p.state != PodState::NotReady) {
+        if let Some(p) = pods
+            .get_mut(&pod.id)
+            .filter(|p| p.state != PodState::NotReady)
+        {
             p.state = PodState::NotReady;
             write_json(&self.record_path(&p.id), p)?;
             info!(pod_id = %p.id, "pod sandbox stopped");

@@ -2,7 +2,7 @@ use std::sync::{Arc, RwLock};
 
 use crius_config::Config;
 use crius_image::{ImageStore, Puller};
-use crius_runtime::PodManager;
+use crius_runtime::{ContainerManager, PodManager};
 
 /// Version of the build, stamped by build.rs.
 #[derive(Debug, Clone)]
@@ -18,6 +18,7 @@ pub struct Context {
     pub images: Arc<ImageStore>,
     pub puller: Arc<Puller>,
     pub pods: Arc<PodManager>,
+    pub containers: Arc<ContainerManager>,
     /// The pod CIDR last given by UpdateRuntimeConfig.
     pub pod_cidr: RwLock<String>,
 }
@@ -29,6 +30,7 @@ impl Context {
         images: Arc<ImageStore>,
         puller: Arc<Puller>,
         pods: Arc<PodManager>,
+        containers: Arc<ContainerManager>,
     ) -> Context {
         Context {
             config,
@@ -36,6 +38,7 @@ impl Context {
             images,
             puller,
             pods,
+            containers,
             pod_cidr: RwLock::new(String::new()),
         }
     }

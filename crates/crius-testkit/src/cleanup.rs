@@ -218,3 +218,33 @@ impl HostSnapshot {
         }
     }
 }
+
+/// Kills every process that lives in a namespace pinned (an nsfs mount) under `root`: the
+/// pod init and container processes a daemon under test left when a test failed early.
+pub fn kill_processes_in_pinned_namespaces(root: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let pinned: Vec<u64> = mounts()
+        .into_iter()
+        .filter(|m| m.fs_type == "nsfs" && m.mount_point.starts_with(root))
+        .filter_map(|m| std::fs::metadata(&m.mount_point).ok().map(|md| md.ino()))
+        .collect();
+    if pinned.is_empty() {
+        return;
+    }
+    let me = std::process::id() as i32;
+    for p in processes() {
+        if p.pid == me {
+            continue;
+        }
+        let inside = ["pid", "net", "ipc", "uts"].iter().any(|t| {
+            std::fs::metadata(format!("/proc/{}/ns/{t}", p.pid))
+                .is_ok_and(|m| pinned.contains(&m.ino()))
+        });
+        if inside {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}

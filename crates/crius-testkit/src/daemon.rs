@@ -289,6 +289,8 @@ impl Drop for Daemon {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
+        // Pod processes (crius-init, containers) live in namespaces pinned under the dir.
+        crate::cleanup::kill_processes_in_pinned_namespaces(dir.path());
         let left = crate::cleanup::unmount_all_under(dir.path());
         if !left.is_empty() {
             eprintln!(

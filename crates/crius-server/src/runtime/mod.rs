@@ -1,12 +1,22 @@
 //! `runtime.v1.RuntimeService`: one file per implemented RPC; the rest answer Unimplemented.
 
+mod container_common;
+mod container_status;
+mod create_container;
+mod exec_sync;
+mod list_containers;
 mod list_pod_sandbox;
 mod pod_sandbox_status;
+mod remove_container;
 mod remove_pod_sandbox;
+mod reopen_container_log;
 mod run_pod_sandbox;
 mod runtime_config;
+mod start_container;
 mod status;
+mod stop_container;
 mod stop_pod_sandbox;
+mod update_container_resources;
 mod update_runtime_config;
 mod version;
 
@@ -106,62 +116,77 @@ impl RuntimeService for Runtime {
 
     async fn create_container(
         &self,
-        _req: Request<CreateContainerRequest>,
+        req: Request<CreateContainerRequest>,
     ) -> R<CreateContainerResponse> {
-        Err(unimplemented("CreateContainer"))
+        create_container::handle(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn start_container(
         &self,
-        _req: Request<StartContainerRequest>,
+        req: Request<StartContainerRequest>,
     ) -> R<StartContainerResponse> {
-        Err(unimplemented("StartContainer"))
+        start_container::handle(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
     }
 
-    async fn stop_container(
-        &self,
-        _req: Request<StopContainerRequest>,
-    ) -> R<StopContainerResponse> {
-        Err(unimplemented("StopContainer"))
+    async fn stop_container(&self, req: Request<StopContainerRequest>) -> R<StopContainerResponse> {
+        stop_container::handle(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn remove_container(
         &self,
-        _req: Request<RemoveContainerRequest>,
+        req: Request<RemoveContainerRequest>,
     ) -> R<RemoveContainerResponse> {
-        Err(unimplemented("RemoveContainer"))
+        remove_container::handle(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn list_containers(
         &self,
-        _req: Request<ListContainersRequest>,
+        req: Request<ListContainersRequest>,
     ) -> R<ListContainersResponse> {
-        Err(unimplemented("ListContainers"))
+        list_containers::handle(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn container_status(
         &self,
-        _req: Request<ContainerStatusRequest>,
+        req: Request<ContainerStatusRequest>,
     ) -> R<ContainerStatusResponse> {
-        Err(unimplemented("ContainerStatus"))
+        container_status::handle(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn update_container_resources(
         &self,
-        _req: Request<UpdateContainerResourcesRequest>,
+        req: Request<UpdateContainerResourcesRequest>,
     ) -> R<UpdateContainerResourcesResponse> {
-        Err(unimplemented("UpdateContainerResources"))
+        update_container_resources::handle(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn reopen_container_log(
         &self,
-        _req: Request<ReopenContainerLogRequest>,
+        req: Request<ReopenContainerLogRequest>,
     ) -> R<ReopenContainerLogResponse> {
-        Err(unimplemented("ReopenContainerLog"))
+        reopen_container_log::handle(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
     }
 
-    async fn exec_sync(&self, _req: Request<ExecSyncRequest>) -> R<ExecSyncResponse> {
-        Err(unimplemented("ExecSync"))
+    async fn exec_sync(&self, req: Request<ExecSyncRequest>) -> R<ExecSyncResponse> {
+        exec_sync::handle(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn exec(&self, _req: Request<ExecRequest>) -> R<ExecResponse> {

@@ -14,7 +14,17 @@ pub async fn handle(
         return Err(invalid("pod_sandbox_id", "must not be empty"));
     }
     tracing::Span::current().record("pod_id", req.pod_sandbox_id.as_str());
-    let pods = ctx.pods.clone();
-    blocking(move || pods.remove(&req.pod_sandbox_id)).await?;
+    let (pods, containers) = (ctx.pods.clone(), ctx.containers.clone());
+    blocking(move || {
+        let Some(pod) = pods.find(&req.pod_sandbox_id)? else {
+            return Ok(());
+        };
+        for id in containers.in_pod(&pod.id) {
+            containers.remove(&id)?;
+        }
+        containers.release_pod(&pod);
+        pods.remove(&pod.id)
+    })
+    .await?;
     Ok(RemovePodSandboxResponse {})
 }

@@ -5,6 +5,10 @@ use k8s_cri::v1::{StopPodSandboxRequest, StopPodSandboxResponse};
 use tonic::Status;
 
 use crate::context::Context;
+
+/// How long each container of a stopped pod gets between SIGTERM and SIGKILL (kubelet stops
+/// containers itself first with the pod's grace period; this is the backstop).
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 use crate::status::{blocking, invalid};
 
 pub async fn handle(
@@ -15,7 +19,17 @@ pub async fn handle(
         return Err(invalid("pod_sandbox_id", "must not be empty"));
     }
     tracing::Span::current().record("pod_id", req.pod_sandbox_id.as_str());
-    let pods = ctx.pods.clone();
-    blocking(move || pods.stop(&req.pod_sandbox_id)).await?;
+    let (pods, containers) = (ctx.pods.clone(), ctx.containers.clone());
+    blocking(move || {
+        let Some(pod) = pods.find(&req.pod_sandbox_id)? else {
+            return Ok(());
+        };
+        // Containers first (graceful, then killed), then what the pod holds.
+        for id in containers.in_pod(&pod.id) {
+            containers.stop(&id, STOP_GRACE)?;
+        }
+        pods.stop(&pod.id)
+    })
+    .await?;
     Ok(StopPodSandboxResponse {})
 }

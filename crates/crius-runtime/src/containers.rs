@@ -1,0 +1,910 @@
+//! The container manager: Create, Start, Stop, Remove, status and listing, ExecSync and log
+//! reopening. Containers run under their pod's monitor (crius-monitor), which owns their stdio,
+//! writes their logs and records their exits in `<pod dir>/exits/<id>`; those exit files are
+//! the truth about exits, also for exits that happened while criusd was down.
+//!
+//! ```text
+//!   Create ──▶ Created ──Start──▶ Running ──(exit, Stop)──▶ Exited ──Remove──▶ (gone)
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crius_monitor::{CreateRequest, ExecRequest, MonitorClient};
+use crius_oci::{ImageConfig, NsSource, PodFiles, PodNamespaces, SpecFeatures, SpecInput};
+use crius_state::{create_dir_all, read_json, write_json};
+use k8s_cri::v1::{ContainerConfig, NamespaceMode};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::error::{RuntimeError, invalid, io_err};
+use crate::ids::{new_id, resolve};
+use crate::pods::PodManager;
+use crate::record::{PodRecord, PodState};
+use crate::rootfs;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContainerState {
+    Created,
+    Running,
+    Exited,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub id: String,
+    pub pod_id: String,
+    pub config: ContainerConfig,
+    /// The image as the request named it, its id, and the reference it was pulled by.
+    pub image: String,
+    pub image_id: String,
+    pub image_ref: String,
+    pub runtime_handler: String,
+    pub state: ContainerState,
+    pub created_at: i64,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub exit_code: i32,
+    pub reason: String,
+    pub message: String,
+    pub pid: u32,
+    /// The CRI log file (pod log_directory joined with the container's log_path).
+    pub log_path: PathBuf,
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    /// `<root>/containers/<id>`: upper and work dirs.
+    pub layer_dir: PathBuf,
+    pub stop_signal: String,
+}
+
+/// What the caller resolved about the image.
+#[derive(Debug, Clone)]
+pub struct ImageInfo {
+    pub id: String,
+    pub reference: String,
+    pub config: serde_json::Value,
+    pub layers_dir: PathBuf,
+    /// Relative to `layers_dir`, top layer first.
+    pub lower: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ContainerManagerOptions {
+    /// `<root>/containers`: records (`<id>.json`) and writable layers (`<id>/`).
+    pub root_dir: PathBuf,
+    /// `<state>/containers`: bundles and rootfs mount points.
+    pub state_dir: PathBuf,
+    /// `<state>/runtime`: the OCI runtimes' `--root` dirs, one per handler.
+    pub runtime_root: PathBuf,
+    pub monitor_binary: PathBuf,
+    /// `<state>/m`: monitor sockets, with short names (a Unix socket path must fit 108 bytes).
+    pub monitor_socket_dir: PathBuf,
+    pub handlers: BTreeMap<String, PathBuf>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ContainerFilter {
+    pub id: Option<String>,
+    pub pod_id: Option<String>,
+    pub state: Option<ContainerState>,
+    pub labels: BTreeMap<String, String>,
+}
+
+pub struct ExecOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit_code: i32,
+    pub timed_out: bool,
+}
+
+pub struct ContainerManager {
+    opts: ContainerManagerOptions,
+    pods: Arc<PodManager>,
+    containers: Mutex<BTreeMap<String, ContainerRecord>>,
+    locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    features: SpecFeatures,
+    oom_floor: Option<i64>,
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+}
+
+impl ContainerManager {
+    /// Loads every container record, then brings each up to date from its exit file: exits
+    /// that happened while criusd was down are reported with their real codes.
+    pub fn open(
+        opts: ContainerManagerOptions,
+        pods: Arc<PodManager>,
+    ) -> Result<ContainerManager, RuntimeError> {
+        create_dir_all(&opts.root_dir, 0o700)?;
+        create_dir_all(&opts.state_dir, 0o711)?;
+        create_dir_all(&opts.monitor_socket_dir, 0o700)?;
+        let mut containers = BTreeMap::new();
+        for entry in fs::read_dir(&opts.root_dir)
+            .map_err(io_err("reading", &opts.root_dir))?
+            .flatten()
+        {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            match read_json::<ContainerRecord>(&path) {
+                Ok(Some(c)) => {
+                    containers.insert(c.id.clone(), c);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "unreadable container record set aside");
+                    let _ = fs::rename(&path, path.with_extension("json.corrupt"));
+                }
+            }
+        }
+        let features = SpecFeatures {
+            recursive_read_only: false,
+            memory_swap: swap_accounting(),
+        };
+        let mgr = ContainerManager {
+            opts,
+            pods,
+            containers: Mutex::new(containers),
+            locks: Mutex::new(HashMap::new()),
+            features,
+            oom_floor: oom_floor(),
+        };
+        let ids: Vec<String> = mgr.lock().keys().cloned().collect();
+        for id in ids {
+            if let Err(e) = mgr.refresh(&id) {
+                warn!(container_id = %id, error = %e, "refreshing container state");
+            }
+        }
+        info!(containers = mgr.lock().len(), "container records loaded");
+        Ok(mgr)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, ContainerRecord>> {
+        self.containers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn key_lock(&self, key: &str) -> Arc<Mutex<()>> {
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn record_path(&self, id: &str) -> PathBuf {
+        self.opts.root_dir.join(format!("{id}.json"))
+    }
+
+    fn save(&self, c: &ContainerRecord) -> Result<(), RuntimeError> {
+        write_json(&self.record_path(&c.id), c)?;
+        self.lock().insert(c.id.clone(), c.clone());
+        Ok(())
+    }
+
+    fn monitor_socket(&self, pod: &PodRecord) -> PathBuf {
+        self.opts
+            .monitor_socket_dir
+            .join(format!("{}.sock", &pod.id[..pod.id.len().min(16)]))
+    }
+
+    fn exit_dir(pod: &PodRecord) -> PathBuf {
+        pod.dir.join("exits")
+    }
+
+    /// The pod's monitor, started on first use.
+    fn monitor(&self, pod: &PodRecord) -> Result<MonitorClient, RuntimeError> {
+        let socket = self.monitor_socket(pod);
+        if let Ok(c) = MonitorClient::connect(&socket) {
+            return Ok(c);
+        }
+        let dir = pod.dir.join("monitor");
+        create_dir_all(&dir, 0o700)?;
+        crius_monitor::spawn_detached(&self.opts.monitor_binary, &pod.id, &dir, &socket).map_err(
+            io_err("starting the pod monitor", &self.opts.monitor_binary),
+        )?;
+        MonitorClient::connect(&socket).map_err(io_err("connecting to the pod monitor", &socket))
+    }
+
+    pub fn find(&self, id: &str) -> Result<Option<ContainerRecord>, RuntimeError> {
+        if id.is_empty() {
+            return Err(invalid("container_id", "must not be empty"));
+        }
+        let all = self.lock();
+        match resolve(id, all.keys()) {
+            Ok(found) => Ok(found.and_then(|id| all.get(&id).cloned())),
+            Err(()) => Err(RuntimeError::Ambiguous { prefix: id.into() }),
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Result<ContainerRecord, RuntimeError> {
+        self.find(id)?
+            .ok_or_else(|| RuntimeError::ContainerNotFound { id: id.into() })
+    }
+
+    pub fn create(
+        &self,
+        pod_id: &str,
+        config: ContainerConfig,
+        sandbox_config: Option<k8s_cri::v1::PodSandboxConfig>,
+        image: ImageInfo,
+        image_name: String,
+    ) -> Result<String, RuntimeError> {
+        let pod = self.pods.get(pod_id)?;
+        if pod.state != PodState::Ready {
+            return Err(RuntimeError::NotReady { id: pod.id.clone() });
+        }
+        let meta = config
+            .metadata
+            .clone()
+            .ok_or_else(|| invalid("config.metadata", "is required"))?;
+        if meta.name.is_empty() {
+            return Err(invalid("config.metadata.name", "must not be empty"));
+        }
+        let key = format!("{}_{}_{}", meta.name, meta.attempt, pod.id);
+        let lock = self.key_lock(&key);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = self.lock().values().find(|c| {
+            c.pod_id == pod.id
+                && c.config
+                    .metadata
+                    .as_ref()
+                    .is_some_and(|m| m.name == meta.name && m.attempt == meta.attempt)
+        }) {
+            return Err(RuntimeError::NameInUse {
+                name: meta.name.clone(),
+                id: existing.id.clone(),
+            });
+        }
+        let sandbox = sandbox_config.unwrap_or_else(|| pod.config.clone());
+        let image_config = ImageConfig::from_json(&image.config)
+            .map_err(|e| invalid("image config", e.to_string()))?;
+
+        let id = new_id();
+        let layer_dir = self.opts.root_dir.join(&id);
+        let bundle = self.opts.state_dir.join(&id);
+        let rootfs = bundle.join("rootfs");
+        let undo = Undo::default();
+        for d in [
+            layer_dir.join("upper"),
+            layer_dir.join("work"),
+            rootfs.clone(),
+        ] {
+            create_dir_all(&d, 0o755)?;
+        }
+        undo.push({
+            let (l, b) = (layer_dir.clone(), bundle.clone());
+            move || {
+                let _ = fs::remove_dir_all(&l);
+                let _ = fs::remove_dir_all(&b);
+            }
+        });
+        rootfs::mount_overlay(
+            &image.layers_dir,
+            &image.lower,
+            &layer_dir.join("upper"),
+            &layer_dir.join("work"),
+            &rootfs,
+        )
+        .map_err(io_err("mounting the container rootfs", &rootfs))?;
+        undo.push({
+            let r = rootfs.clone();
+            move || {
+                let _ = rootfs::unmount(&r);
+            }
+        });
+
+        let handler_path = self
+            .opts
+            .handlers
+            .get(&pod.runtime_handler)
+            .cloned()
+            .ok_or_else(|| {
+                invalid(
+                    "runtime_handler",
+                    format!("unknown runtime handler {:?}", pod.runtime_handler),
+                )
+            })?;
+        let spec = crius_oci::container_spec(&SpecInput {
+            container: &config,
+            sandbox: &sandbox,
+            sandbox_id: &pod.id,
+            image: &image_config,
+            rootfs: &rootfs,
+            namespaces: namespaces(&pod, &config)?,
+            cgroups_path: cgroups_path(&pod, &id),
+            pod_files: PodFiles {
+                hostname: Some(pod.hostname_file.clone()),
+                resolv_conf: Some(pod.resolv_conf.clone()),
+                hosts: Some(pod.hosts_file.clone()),
+                shm: Some(pod.shm.clone()),
+            },
+            hostname: fs::read_to_string(&pod.hostname_file)
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default(),
+            oom_score_adj_floor: self.oom_floor,
+            features: self.features,
+        })
+        .map_err(|e| RuntimeError::Spec {
+            id: id.clone(),
+            source: e,
+        })?;
+        let spec_json =
+            serde_json::to_vec_pretty(&spec).map_err(|e| invalid("spec", e.to_string()))?;
+        crius_state::atomic_write(&bundle.join("config.json"), &spec_json)?;
+
+        let log_path = match (pod.config.log_directory.as_str(), config.log_path.as_str()) {
+            ("", _) | (_, "") => PathBuf::new(),
+            (dir, file) => Path::new(dir).join(file),
+        };
+        if let Some(parent) = log_path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            create_dir_all(parent, 0o755)?;
+        }
+        let mut monitor = self.monitor(&pod)?;
+        let exit_dir = Self::exit_dir(&pod);
+        create_dir_all(&exit_dir, 0o700)?;
+        let runtime_root = self.opts.runtime_root.join(&pod.runtime_handler);
+        create_dir_all(&runtime_root, 0o700)?;
+        let pid = monitor
+            .create(&CreateRequest {
+                id: id.clone(),
+                bundle: bundle.clone(),
+                runtime: handler_path,
+                runtime_root,
+                log_path: log_path.clone(),
+                stdin: config.stdin,
+                stdin_once: config.stdin_once,
+                tty: config.tty,
+                exit_dir,
+            })
+            .map_err(|e| RuntimeError::Monitor {
+                id: id.clone(),
+                op: "create",
+                message: e.to_string(),
+            })?;
+
+        let record = ContainerRecord {
+            id: id.clone(),
+            pod_id: pod.id.clone(),
+            image: image_name,
+            image_id: image.id,
+            image_ref: image.reference,
+            runtime_handler: pod.runtime_handler.clone(),
+            state: ContainerState::Created,
+            created_at: now(),
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            pid,
+            log_path,
+            bundle,
+            rootfs,
+            layer_dir,
+            stop_signal: image_config.stop_signal.clone(),
+            config,
+        };
+        if let Err(e) = self.save(&record) {
+            let _ = monitor.delete(&id, true);
+            return Err(e);
+        }
+        undo.disarm();
+        info!(container_id = %id, pod_id = %pod.id, "container created");
+        Ok(id)
+    }
+
+    pub fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        let c = self.get(id)?;
+        let lock = self.key_lock(&c.id);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let c = self.get(&c.id)?;
+        if c.state != ContainerState::Created {
+            return Err(RuntimeError::WrongState {
+                id: c.id.clone(),
+                state: format!("{:?}", c.state),
+                wanted: "Created",
+            });
+        }
+        let pod = self.pods.get(&c.pod_id)?;
+        let started_at = self
+            .monitor(&pod)?
+            .start(&c.id)
+            .map_err(|e| RuntimeError::Monitor {
+                id: c.id.clone(),
+                op: "start",
+                message: e.to_string(),
+            })?;
+        let mut c = c;
+        c.state = ContainerState::Running;
+        c.started_at = started_at;
+        self.save(&c)?;
+        info!(container_id = %c.id, "container started");
+        Ok(())
+    }
+
+    /// Picks up an exit recorded by the monitor.
+    pub fn refresh(&self, id: &str) -> Result<ContainerRecord, RuntimeError> {
+        let mut c = self.get(id)?;
+        if c.state == ContainerState::Exited {
+            return Ok(c);
+        }
+        let Some(pod) = self.pods.find(&c.pod_id)? else {
+            return Ok(c);
+        };
+        let exit_file = Self::exit_dir(&pod).join(&c.id);
+        match crius_monitor::read_exit_file(&exit_file) {
+            Ok(Some(rec)) => {
+                c.state = ContainerState::Exited;
+                c.exit_code = rec.exit_code;
+                c.finished_at = rec.exited_at_unix_nanos;
+                if c.started_at == 0 {
+                    c.started_at = c.finished_at;
+                }
+                c.reason = if rec.oom {
+                    "OOMKilled".into()
+                } else if rec.exit_code == 0 {
+                    "Completed".into()
+                } else {
+                    "Error".into()
+                };
+                self.save(&c)?;
+            }
+            Ok(None) => {
+                // No exit recorded and the runtime state is gone (reboot): it can never exit
+                // now, so report it as exited with an unknown code.
+                if !pod.dir.is_dir() {
+                    c.state = ContainerState::Exited;
+                    c.exit_code = 255;
+                    c.finished_at = now();
+                    c.reason = "Unknown".into();
+                    c.message = "the container's runtime state was lost (host reboot?)".into();
+                    self.save(&c)?;
+                }
+            }
+            Err(e) => warn!(container_id = %c.id, error = %e, "reading exit file"),
+        }
+        Ok(c)
+    }
+
+    /// Sends the stop signal, then SIGKILL after `timeout`; returns when the container exited.
+    /// Stopping an exited or unknown container succeeds.
+    pub fn stop(&self, id: &str, timeout: Duration) -> Result<(), RuntimeError> {
+        let Some(c) = self.find(id)? else {
+            return Ok(());
+        };
+        let lock = self.key_lock(&c.id);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let c = self.refresh(&c.id)?;
+        if c.state == ContainerState::Exited {
+            return Ok(());
+        }
+        let pod = self.pods.get(&c.pod_id)?;
+        let mut monitor = self.monitor(&pod)?;
+        if c.state == ContainerState::Created {
+            // Never started: nothing to signal gracefully.
+            let _ = monitor.kill(&c.id, libc::SIGKILL, true);
+        } else if !timeout.is_zero() {
+            let sig = signal_number(&c.stop_signal).unwrap_or(libc::SIGTERM);
+            let _ = monitor.kill(&c.id, sig, false);
+            if self.wait_exit(&c.id, timeout)? {
+                return Ok(());
+            }
+        }
+        let _ = monitor.kill(&c.id, libc::SIGKILL, true);
+        if !self.wait_exit(&c.id, Duration::from_secs(10))? {
+            return Err(RuntimeError::Monitor {
+                id: c.id.clone(),
+                op: "stop",
+                message: "the container did not exit after SIGKILL".into(),
+            });
+        }
+        info!(container_id = %c.id, "container stopped");
+        Ok(())
+    }
+
+    fn wait_exit(&self, id: &str, timeout: Duration) -> Result<bool, RuntimeError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.refresh(id)?.state == ContainerState::Exited {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Removes a container: killed first if running; idempotent.
+    pub fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let Some(c) = self.find(id)? else {
+            return Ok(());
+        };
+        self.stop(&c.id, Duration::ZERO)?;
+        let lock = self.key_lock(&c.id);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(pod) = self.pods.find(&c.pod_id)? {
+            if let Err(e) = self.monitor(&pod).and_then(|mut m| {
+                m.delete(&c.id, true).map_err(|e| RuntimeError::Monitor {
+                    id: c.id.clone(),
+                    op: "delete",
+                    message: e.to_string(),
+                })
+            }) {
+                warn!(container_id = %c.id, error = %e, "runtime delete failed");
+            }
+            let _ = fs::remove_file(Self::exit_dir(&pod).join(&c.id));
+        }
+        rootfs::unmount(&c.rootfs).map_err(io_err("unmounting", &c.rootfs))?;
+        for dir in [&c.bundle, &c.layer_dir] {
+            match fs::remove_dir_all(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("removing", dir)(e)),
+            }
+        }
+        let path = self.record_path(&c.id);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("removing", &path)(e)),
+        }
+        self.lock().remove(&c.id);
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&c.id);
+        info!(container_id = %c.id, "container removed");
+        Ok(())
+    }
+
+    pub fn list(&self, filter: &ContainerFilter) -> Vec<ContainerRecord> {
+        let ids: Vec<String> = self.lock().keys().cloned().collect();
+        ids.iter()
+            .filter_map(|id| self.refresh(id).ok())
+            .filter(|c| {
+                filter
+                    .id
+                    .as_ref()
+                    .is_none_or(|p| c.id.starts_with(p.as_str()))
+            })
+            .filter(|c| {
+                filter
+                    .pod_id
+                    .as_ref()
+                    .is_none_or(|p| c.pod_id.starts_with(p.as_str()))
+            })
+            .filter(|c| filter.state.is_none_or(|s| c.state == s))
+            .filter(|c| {
+                filter
+                    .labels
+                    .iter()
+                    .all(|(k, v)| c.config.labels.get(k) == Some(v))
+            })
+            .collect()
+    }
+
+    pub fn in_pod(&self, pod_id: &str) -> Vec<String> {
+        self.lock()
+            .values()
+            .filter(|c| c.pod_id == pod_id)
+            .map(|c| c.id.clone())
+            .collect()
+    }
+
+    /// Runs `cmd` in a running container and returns its output.
+    pub fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout: Duration,
+    ) -> Result<ExecOutput, RuntimeError> {
+        let c = self.refresh(&self.get(id)?.id)?;
+        if c.state != ContainerState::Running {
+            return Err(RuntimeError::WrongState {
+                id: c.id.clone(),
+                state: format!("{:?}", c.state),
+                wanted: "Running",
+            });
+        }
+        if cmd.is_empty() {
+            return Err(invalid("cmd", "must not be empty"));
+        }
+        let spec: serde_json::Value = serde_json::from_slice(
+            &fs::read(c.bundle.join("config.json"))
+                .map_err(io_err("reading", c.bundle.join("config.json")))?,
+        )
+        .map_err(|e| invalid("config.json", e.to_string()))?;
+        let process = &spec["process"];
+        let user = crius_monitor::User {
+            uid: process["user"]["uid"].as_u64().unwrap_or(0) as u32,
+            gid: process["user"]["gid"].as_u64().unwrap_or(0) as u32,
+            additional_gids: process["user"]["additionalGids"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|g| g.as_u64().map(|g| g as u32))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        let env = process["env"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let pod = self.pods.get(&c.pod_id)?;
+        let out = self
+            .monitor(&pod)?
+            .exec(&ExecRequest {
+                id: c.id.clone(),
+                argv: cmd,
+                env,
+                cwd: process["cwd"].as_str().unwrap_or("/").to_string(),
+                user,
+                tty: false,
+                timeout_ms: timeout.as_millis() as u64,
+            })
+            .map_err(|e| RuntimeError::Monitor {
+                id: c.id.clone(),
+                op: "exec",
+                message: e.to_string(),
+            })?;
+        Ok(ExecOutput {
+            stdout: out.stdout,
+            stderr: out.stderr,
+            exit_code: out.exit_code,
+            timed_out: out.timed_out,
+        })
+    }
+
+    pub fn reopen_log(&self, id: &str) -> Result<(), RuntimeError> {
+        let c = self.refresh(&self.get(id)?.id)?;
+        if c.state != ContainerState::Running {
+            return Err(RuntimeError::WrongState {
+                id: c.id.clone(),
+                state: format!("{:?}", c.state),
+                wanted: "Running",
+            });
+        }
+        let pod = self.pods.get(&c.pod_id)?;
+        self.monitor(&pod)?
+            .reopen_log(&c.id)
+            .map_err(|e| RuntimeError::Monitor {
+                id: c.id.clone(),
+                op: "reopen log",
+                message: e.to_string(),
+            })
+    }
+
+    /// Applies new cgroup limits to a running (or created) container.
+    pub fn update_resources(
+        &self,
+        id: &str,
+        resources: k8s_cri::v1::LinuxContainerResources,
+    ) -> Result<(), RuntimeError> {
+        use crius_oci::OciRuntime;
+        let mut c = self.refresh(&self.get(id)?.id)?;
+        if c.state == ContainerState::Exited {
+            return Err(RuntimeError::WrongState {
+                id: c.id.clone(),
+                state: "Exited".into(),
+                wanted: "Created or Running",
+            });
+        }
+        let oci = crius_oci::linux_resources(&resources, self.features).map_err(|e| {
+            RuntimeError::Spec {
+                id: c.id.clone(),
+                source: e,
+            }
+        })?;
+        let path = self
+            .opts
+            .handlers
+            .get(&c.runtime_handler)
+            .cloned()
+            .ok_or_else(|| {
+                invalid(
+                    "runtime_handler",
+                    format!("unknown runtime handler {:?}", c.runtime_handler),
+                )
+            })?;
+        let runtime = crius_oci::CliRuntime::new(
+            c.runtime_handler.clone(),
+            path,
+            self.opts.runtime_root.join(&c.runtime_handler),
+            false,
+        );
+        runtime
+            .update_resources(&c.id, &oci)
+            .map_err(|e| RuntimeError::Monitor {
+                id: c.id.clone(),
+                op: "update resources",
+                message: e.to_string(),
+            })?;
+        c.config
+            .linux
+            .get_or_insert_with(Default::default)
+            .resources = Some(resources);
+        self.save(&c)?;
+        info!(container_id = %c.id, "container resources updated");
+        Ok(())
+    }
+
+    /// After the last container of a pod is removed: its monitor exits, and the pod cgroup
+    /// crius made (when the kubelet gave no cgroup_parent) goes away.
+    pub fn release_pod(&self, pod: &PodRecord) {
+        let socket = self.monitor_socket(pod);
+        if let Ok(mut m) = MonitorClient::connect(&socket) {
+            let _ = m.shutdown(true);
+        }
+        let _ = fs::remove_file(&socket);
+        if pod
+            .config
+            .linux
+            .as_ref()
+            .is_none_or(|l| l.cgroup_parent.is_empty())
+        {
+            rootfs::remove_cgroup(&default_cgroup_parent(pod));
+        }
+    }
+}
+
+fn namespaces(pod: &PodRecord, config: &ContainerConfig) -> Result<PodNamespaces, RuntimeError> {
+    let src = |p: &Option<PathBuf>| p.clone().map(NsSource::Path).unwrap_or(NsSource::Host);
+    let pid_mode = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+        .map(|n| n.pid)
+        .unwrap_or(NamespaceMode::Container as i32);
+    let pid = match NamespaceMode::try_from(pid_mode) {
+        Ok(NamespaceMode::Pod) => match &pod.namespaces.pid {
+            Some(p) => NsSource::Path(p.clone()),
+            None => {
+                return Err(invalid(
+                    "config.linux.security_context.namespace_options.pid",
+                    "POD, but the pod has no PID namespace",
+                ));
+            }
+        },
+        Ok(NamespaceMode::Node) => NsSource::Host,
+        Ok(NamespaceMode::Container) => NsSource::New,
+        _ => {
+            return Err(invalid(
+                "config.linux.security_context.namespace_options.pid",
+                format!("mode {pid_mode} is not supported yet"),
+            ));
+        }
+    };
+    Ok(PodNamespaces {
+        network: src(&pod.namespaces.net),
+        ipc: src(&pod.namespaces.ipc),
+        uts: src(&pod.namespaces.uts),
+        pid,
+        cgroup: if rootfs::cgroup_v2() {
+            NsSource::New
+        } else {
+            NsSource::Host
+        },
+    })
+}
+
+/// cgroupfs paths: under the pod's cgroup_parent (set by the kubelet), else under /crius.
+fn cgroups_path(pod: &PodRecord, id: &str) -> String {
+    let parent = pod
+        .config
+        .linux
+        .as_ref()
+        .map(|l| l.cgroup_parent.clone())
+        .unwrap_or_default();
+    let parent = if parent.is_empty() {
+        default_cgroup_parent(pod)
+    } else {
+        parent
+    };
+    format!("{}/crius-{id}", parent.trim_end_matches('/'))
+}
+
+fn default_cgroup_parent(pod: &PodRecord) -> String {
+    format!("/crius/{}", pod.id)
+}
+
+/// The daemon's own oom_score_adj when it may not go lower (no CAP_SYS_RESOURCE).
+fn oom_floor() -> Option<i64> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))?
+        .trim();
+    let caps = u64::from_str_radix(cap_eff, 16).ok()?;
+    const CAP_SYS_RESOURCE: u32 = 24;
+    if caps & (1 << CAP_SYS_RESOURCE) != 0 {
+        return None;
+    }
+    fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn swap_accounting() -> bool {
+    Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists()
+        || (rootfs::cgroup_v2() && Path::new("/sys/fs/cgroup/memory.swap.max").exists())
+}
+
+/// `SIGTERM`, `TERM`, `15` → 15.
+pub fn signal_number(name: &str) -> Option<i32> {
+    let n = name.trim();
+    if n.is_empty() {
+        return None;
+    }
+    if let Ok(v) = n.parse::<i32>() {
+        return Some(v);
+    }
+    let n = n.strip_prefix("SIG").unwrap_or(n);
+    let sig = match n {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "TERM" => libc::SIGTERM,
+        "STOP" => libc::SIGSTOP,
+        "WINCH" => libc::SIGWINCH,
+        "PWR" => libc::SIGPWR,
+        _ => return None,
+    };
+    Some(sig)
+}
+
+#[derive(Default)]
+struct Undo(Mutex<Vec<Box<dyn FnOnce() + Send>>>);
+
+impl Undo {
+    fn push(&self, f: impl FnOnce() + Send + 'static) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Box::new(f));
+    }
+    fn disarm(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        let mut steps = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(f) = steps.pop() {
+            f();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::signal_number;
+
+    #[test]
+    fn stop_signals() {
+        assert_eq!(signal_number("SIGTERM"), Some(libc::SIGTERM));
+        assert_eq!(signal_number("INT"), Some(libc::SIGINT));
+        assert_eq!(signal_number("9"), Some(9));
+        assert_eq!(signal_number(""), None);
+        assert_eq!(signal_number("SIGBOGUS"), None);
+    }
+}

@@ -1,0 +1,76 @@
+//! ContainerStatus: state, times, exit code and reason, image, mounts, log path; `verbose`
+//! adds the pid and the OCI spec.
+
+use std::collections::HashMap;
+
+use k8s_cri::v1::{ContainerStatus, ContainerStatusRequest, ContainerStatusResponse};
+use tonic::Status;
+
+use super::container_common::{image_spec, record_ids, state_of};
+use crate::context::Context;
+use crate::status::{blocking, invalid};
+
+pub async fn handle(
+    ctx: &Context,
+    req: ContainerStatusRequest,
+) -> Result<ContainerStatusResponse, Status> {
+    if req.container_id.is_empty() {
+        return Err(invalid("container_id", "must not be empty"));
+    }
+    let containers = ctx.containers.clone();
+    let id = req.container_id.clone();
+    let c = blocking(move || {
+        let found = containers.get(&id)?;
+        containers.refresh(&found.id)
+    })
+    .await?;
+    record_ids(&c);
+    let mut info = HashMap::new();
+    if req.verbose {
+        let spec: serde_json::Value = std::fs::read(c.bundle.join("config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let verbose = serde_json::json!({
+            "pid": c.pid,
+            "sandboxID": c.pod_id,
+            "runtimeHandler": c.runtime_handler,
+            "bundle": c.bundle,
+            "rootfs": c.rootfs,
+            "runtimeSpec": spec,
+            "config": c.config,
+        });
+        info.insert("info".to_string(), verbose.to_string());
+    }
+    Ok(ContainerStatusResponse {
+        status: Some(ContainerStatus {
+            id: c.id.clone(),
+            metadata: c.config.metadata.clone(),
+            state: state_of(&c) as i32,
+            created_at: c.created_at,
+            started_at: c.started_at,
+            finished_at: c.finished_at,
+            exit_code: c.exit_code,
+            image: image_spec(&c),
+            image_ref: c.image_ref.clone(),
+            image_id: c.image_id.clone(),
+            reason: c.reason.clone(),
+            message: c.message.clone(),
+            labels: c.config.labels.clone(),
+            annotations: c.config.annotations.clone(),
+            mounts: c.config.mounts.clone(),
+            log_path: c.log_path.display().to_string(),
+            resources: c
+                .config
+                .linux
+                .as_ref()
+                .and_then(|l| l.resources.clone())
+                .map(|linux| k8s_cri::v1::ContainerResources {
+                    linux: Some(linux),
+                    windows: None,
+                }),
+            user: None,
+        }),
+        info,
+    })
+}

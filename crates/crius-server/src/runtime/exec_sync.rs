@@ -1,0 +1,43 @@
+//! ExecSync: a command in a running container (its namespaces, cgroup, user, env); output and
+//! exit code returned; the timeout enforced by killing the process.
+
+use std::time::Duration;
+
+use k8s_cri::v1::{ExecSyncRequest, ExecSyncResponse};
+use tonic::Status;
+
+use crate::context::Context;
+use crate::status::{blocking, invalid};
+
+/// The CRI caps each stream at 16 MiB (CVE-2022-1708).
+const MAX_OUTPUT: usize = 16 * 1024 * 1024;
+
+pub async fn handle(ctx: &Context, req: ExecSyncRequest) -> Result<ExecSyncResponse, Status> {
+    if req.container_id.is_empty() {
+        return Err(invalid("container_id", "must not be empty"));
+    }
+    if req.cmd.is_empty() {
+        return Err(invalid("cmd", "must not be empty"));
+    }
+    if req.timeout < 0 {
+        return Err(invalid("timeout", "must not be negative"));
+    }
+    tracing::Span::current().record("container_id", req.container_id.as_str());
+    let containers = ctx.containers.clone();
+    let timeout = Duration::from_secs(req.timeout as u64);
+    let id = req.container_id.clone();
+    let mut out = blocking(move || containers.exec_sync(&id, req.cmd, timeout)).await?;
+    if out.timed_out {
+        return Err(Status::deadline_exceeded(format!(
+            "command timed out after {}s in container {} and was killed",
+            req.timeout, req.container_id
+        )));
+    }
+    out.stdout.truncate(MAX_OUTPUT);
+    out.stderr.truncate(MAX_OUTPUT);
+    Ok(ExecSyncResponse {
+        stdout: out.stdout,
+        stderr: out.stderr,
+        exit_code: out.exit_code,
+    })
+}

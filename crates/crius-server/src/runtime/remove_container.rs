@@ -1,0 +1,20 @@
+//! RemoveContainer: killed first if running; rootfs unmounted; everything deleted. Idempotent.
+
+use k8s_cri::v1::{RemoveContainerRequest, RemoveContainerResponse};
+use tonic::Status;
+
+use crate::context::Context;
+use crate::status::{blocking, invalid};
+
+pub async fn handle(
+    ctx: &Context,
+    req: RemoveContainerRequest,
+) -> Result<RemoveContainerResponse, Status> {
+    if req.container_id.is_empty() {
+        return Err(invalid("container_id", "must not be empty"));
+    }
+    tracing::Span::current().record("container_id", req.container_id.as_str());
+    let containers = ctx.containers.clone();
+    blocking(move || containers.remove(&req.container_id)).await?;
+    Ok(RemoveContainerResponse {})
+}

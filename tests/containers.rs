@@ -1,0 +1,494 @@
+//! Containers through the real criusd with runc and crun: lifecycle, logs in the CRI format,
+//! ExecSync, exit codes, stop/kill, pod teardown, and recovery after kill -9 of criusd.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use common::*;
+use crius_testkit::image;
+use crius_testkit::push_image;
+use k8s_cri::v1::{
+    ContainerConfig, ContainerFilter, ContainerMetadata, ContainerState, ContainerStatusRequest,
+    CreateContainerRequest, ExecSyncRequest, ImageSpec, ListContainersRequest, PodSandboxConfig,
+    PodSandboxMetadata, RemoveContainerRequest, RemovePodSandboxRequest, ReopenContainerLogRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+};
+use tonic::Code;
+
+/// crun 1.8.1 refuses a hybrid cgroup layout unless hugetlb is mounted as a v1 hierarchy.
+fn prepare_runtime(handler: &str) {
+    let hugetlb = Path::new("/sys/fs/cgroup/hugetlb");
+    if handler == "crun" && !hugetlb.exists() && Path::new("/sys/fs/cgroup/memory").exists() {
+        let _ = std::fs::create_dir_all(hugetlb);
+        let _ = std::process::Command::new("mount")
+            .args(["-t", "cgroup", "-o", "hugetlb", "cgroup"])
+            .arg(hugetlb)
+            .status();
+    }
+}
+
+struct Pod {
+    env: Env,
+    pod_id: String,
+    log_dir: tempfile::TempDir,
+}
+
+async fn pod_with_busybox(handler: &str) -> Result<Pod> {
+    prepare_runtime(handler);
+    let env = Env::start().await?;
+    push_image(
+        &env.registry,
+        "library/busybox",
+        "latest",
+        &image::busybox_image(),
+    )
+    .await?;
+    env.pull("busybox").await?;
+    let log_dir = tempfile::tempdir()?;
+    let config = PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: "pod".into(),
+            namespace: "default".into(),
+            uid: "pod-uid".into(),
+            attempt: 0,
+        }),
+        log_directory: log_dir.path().display().to_string(),
+        ..Default::default()
+    };
+    let pod_id = env
+        .daemon
+        .runtime()
+        .await?
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: handler.into(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    Ok(Pod {
+        env,
+        pod_id,
+        log_dir,
+    })
+}
+
+fn container(name: &str, cmd: &[&str]) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: "busybox".into(),
+            ..Default::default()
+        }),
+        command: cmd.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}.log"),
+        labels: HashMap::from([("name".to_string(), name.to_string())]),
+        ..Default::default()
+    }
+}
+
+impl Pod {
+    async fn create(&self, config: ContainerConfig) -> Result<String, tonic::Status> {
+        let mut rt = self
+            .env
+            .daemon
+            .runtime()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        rt.create_container(CreateContainerRequest {
+            pod_sandbox_id: self.pod_id.clone(),
+            config: Some(config),
+            sandbox_config: None,
+        })
+        .await
+        .map(|r| r.into_inner().container_id)
+    }
+
+    async fn run(&self, name: &str, cmd: &[&str]) -> Result<String> {
+        let id = self.create(container(name, cmd)).await?;
+        self.env
+            .daemon
+            .runtime()
+            .await?
+            .start_container(StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await?;
+        Ok(id)
+    }
+
+    async fn status(&self, id: &str) -> Result<k8s_cri::v1::ContainerStatus> {
+        let r = self
+            .env
+            .daemon
+            .runtime()
+            .await?
+            .container_status(ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
+            .await?;
+        Ok(r.into_inner().status.unwrap())
+    }
+
+    async fn wait_exited(&self, id: &str) -> Result<k8s_cri::v1::ContainerStatus> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let st = self.status(id).await?;
+            if st.state == ContainerState::ContainerExited as i32 || Instant::now() > deadline {
+                return Ok(st);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn exec(
+        &self,
+        id: &str,
+        cmd: &[&str],
+        timeout: i64,
+    ) -> Result<k8s_cri::v1::ExecSyncResponse, tonic::Status> {
+        let mut rt = self
+            .env
+            .daemon
+            .runtime()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        rt.exec_sync(ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout,
+        })
+        .await
+        .map(|r| r.into_inner())
+    }
+
+    async fn teardown(self) -> Result<()> {
+        let mut rt = self.env.daemon.runtime().await?;
+        rt.stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: self.pod_id.clone(),
+        })
+        .await?;
+        rt.remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: self.pod_id.clone(),
+        })
+        .await?;
+        let left = rt
+            .list_containers(ListContainersRequest::default())
+            .await?
+            .into_inner()
+            .containers;
+        assert!(left.is_empty(), "pod removal removes its containers");
+        let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")?
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+            .filter(|m| {
+                m.starts_with(&self.env.daemon.base_dir().display().to_string())
+                    && !m.ends_with("/state/netns")
+            })
+            .collect();
+        assert!(mounts.is_empty(), "no mounts left: {mounts:?}");
+        for hierarchy in ["memory", "pids", "cpu", "unified"] {
+            let cg = Path::new("/sys/fs/cgroup")
+                .join(hierarchy)
+                .join("crius")
+                .join(&self.pod_id);
+            assert!(!cg.exists(), "pod cgroup left: {}", cg.display());
+        }
+        Ok(())
+    }
+}
+
+async fn lifecycle(handler: &str) -> Result<()> {
+    let pod = pod_with_busybox(handler).await?;
+    let id = pod
+        .run(
+            "web",
+            &["sh", "-c", "echo hello; echo oops >&2; exec sleep 1000"],
+        )
+        .await?;
+    let st = pod.status(&id).await?;
+    assert_eq!(
+        st.state,
+        ContainerState::ContainerRunning as i32,
+        "{handler}"
+    );
+    assert!(st.started_at >= st.created_at && st.created_at > 0);
+    assert_eq!(st.image.as_ref().unwrap().image, "busybox");
+    assert!(st.image_ref.contains("sha256:"));
+    let log = pod.log_dir.path().join("web.log");
+    assert_eq!(st.log_path, log.display().to_string());
+
+    // CRI log format: "<RFC3339Nano> <stream> <P|F> <text>".
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut text = String::new();
+    while Instant::now() < deadline && !text.contains("oops") {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines.iter().any(|l| l.ends_with(" stdout F hello")),
+        "{text}"
+    );
+    assert!(
+        lines.iter().any(|l| l.ends_with(" stderr F oops")),
+        "{text}"
+    );
+    for l in &lines {
+        let ts = l.split(' ').next().unwrap();
+        assert!(
+            ts.len() == 30 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
+            "timestamp {ts:?} in {l:?}"
+        );
+    }
+
+    // ExecSync: output, exit code, timeout.
+    let out = pod
+        .exec(&id, &["sh", "-c", "echo hi; echo err >&2; exit 3"], 10)
+        .await?;
+    assert_eq!(out.stdout, b"hi\n");
+    assert_eq!(out.stderr, b"err\n");
+    assert_eq!(out.exit_code, 3);
+    let started = Instant::now();
+    let err = pod
+        .exec(&id, &["sleep", "30"], 1)
+        .await
+        .expect_err("exec timeout");
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(err.message().contains("timed out"), "{}", err.message());
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // Reopen after rotation: new lines go to a new file.
+    std::fs::rename(&log, pod.log_dir.path().join("web.log.1"))?;
+    pod.env
+        .daemon
+        .runtime()
+        .await?
+        .reopen_container_log(ReopenContainerLogRequest {
+            container_id: id.clone(),
+        })
+        .await?;
+    assert!(log.exists(), "log reopened");
+
+    // sleep is PID 1 of its namespace and ignores SIGTERM: stopped by SIGKILL after the timeout.
+    let started = Instant::now();
+    pod.env
+        .daemon
+        .runtime()
+        .await?
+        .stop_container(StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 1,
+        })
+        .await?;
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    let st = pod.status(&id).await?;
+    assert_eq!(st.state, ContainerState::ContainerExited as i32);
+    assert_eq!(st.exit_code, 137);
+    assert_eq!(st.reason, "Error");
+    assert!(st.finished_at >= st.started_at);
+    let err = pod
+        .env
+        .daemon
+        .runtime()
+        .await?
+        .reopen_container_log(ReopenContainerLogRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect_err("not running");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+
+    // Stop and remove are idempotent.
+    pod.env
+        .daemon
+        .runtime()
+        .await?
+        .stop_container(StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 0,
+        })
+        .await?;
+    pod.env
+        .daemon
+        .runtime()
+        .await?
+        .remove_container(RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await?;
+    pod.env
+        .daemon
+        .runtime()
+        .await?
+        .remove_container(RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await?;
+    let err = pod
+        .env
+        .daemon
+        .runtime()
+        .await?
+        .container_status(ContainerStatusRequest {
+            container_id: id,
+            verbose: false,
+        })
+        .await
+        .expect_err("removed");
+    assert_eq!(err.code(), Code::NotFound);
+    pod.teardown().await
+}
+
+#[tokio::test]
+async fn lifecycle_logs_exec_and_stop_with_runc() -> Result<()> {
+    lifecycle("runc").await
+}
+
+#[tokio::test]
+async fn lifecycle_logs_exec_and_stop_with_crun() -> Result<()> {
+    lifecycle("crun").await
+}
+
+#[tokio::test]
+async fn exit_codes_reasons_and_filters() -> Result<()> {
+    let pod = pod_with_busybox("runc").await?;
+    let ok = pod.run("ok", &["true"]).await?;
+    let bad = pod.run("bad", &["sh", "-c", "exit 3"]).await?;
+    let st = pod.wait_exited(&ok).await?;
+    assert_eq!((st.exit_code, st.reason.as_str()), (0, "Completed"));
+    let st = pod.wait_exited(&bad).await?;
+    assert_eq!((st.exit_code, st.reason.as_str()), (3, "Error"));
+    let created = pod.create(container("idle", &["sleep", "100"])).await?;
+    assert_eq!(
+        pod.status(&created).await?.state,
+        ContainerState::ContainerCreated as i32
+    );
+
+    let list = |filter: ContainerFilter| {
+        let pod = &pod;
+        async move {
+            let c = pod
+                .env
+                .daemon
+                .runtime()
+                .await?
+                .list_containers(ListContainersRequest {
+                    filter: Some(filter),
+                })
+                .await?;
+            anyhow::Ok(
+                c.into_inner()
+                    .containers
+                    .into_iter()
+                    .map(|c| c.id)
+                    .collect::<Vec<_>>(),
+            )
+        }
+    };
+    assert_eq!(
+        list(ContainerFilter {
+            id: ok[..10].into(),
+            ..Default::default()
+        })
+        .await?,
+        vec![ok.clone()]
+    );
+    let created_state = k8s_cri::v1::ContainerStateValue {
+        state: ContainerState::ContainerCreated as i32,
+    };
+    assert_eq!(
+        list(ContainerFilter {
+            state: Some(created_state),
+            ..Default::default()
+        })
+        .await?,
+        vec![created.clone()]
+    );
+    let labels = HashMap::from([("name".to_string(), "bad".to_string())]);
+    assert_eq!(
+        list(ContainerFilter {
+            label_selector: labels,
+            ..Default::default()
+        })
+        .await?,
+        vec![bad.clone()]
+    );
+    assert_eq!(
+        list(ContainerFilter {
+            pod_sandbox_id: pod.pod_id.clone(),
+            ..Default::default()
+        })
+        .await?
+        .len(),
+        3
+    );
+
+    // The same name twice in a pod is refused.
+    let err = pod
+        .create(container("ok", &["true"]))
+        .await
+        .expect_err("duplicate name");
+    assert_eq!(err.code(), Code::AlreadyExists);
+    // An image that is not present is NotFound naming it.
+    let mut missing = container("missing", &["true"]);
+    missing.image = Some(ImageSpec {
+        image: "nothere:v9".into(),
+        ..Default::default()
+    });
+    let err = pod.create(missing).await.expect_err("no image");
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(err.message().contains("nothere:v9"), "{}", err.message());
+    pod.teardown().await
+}
+
+/// kill -9 of criusd: running containers keep running, exits while it is down are reported
+/// with their real codes after the restart.
+#[tokio::test]
+async fn containers_survive_a_daemon_kill9() -> Result<()> {
+    let mut pod = pod_with_busybox("runc").await?;
+    let long = pod.run("long", &["sleep", "1000"]).await?;
+    let short = pod.run("short", &["sh", "-c", "sleep 2; exit 7"]).await?;
+    let verbose = pod
+        .env
+        .daemon
+        .runtime()
+        .await?
+        .container_status(ContainerStatusRequest {
+            container_id: long.clone(),
+            verbose: true,
+        })
+        .await?;
+    let info: serde_json::Value = serde_json::from_str(&verbose.into_inner().info["info"])?;
+    let pid = info["pid"].as_u64().unwrap();
+    assert!(pid > 0);
+
+    pod.env.daemon.kill9();
+    tokio::time::sleep(Duration::from_secs(3)).await; // "short" exits while criusd is down
+    assert!(
+        Path::new(&format!("/proc/{pid}")).exists(),
+        "container kept running"
+    );
+    pod.env.daemon.restart().await?;
+
+    assert_eq!(
+        pod.status(&long).await?.state,
+        ContainerState::ContainerRunning as i32
+    );
+    let st = pod.wait_exited(&short).await?;
+    assert_eq!(
+        st.exit_code, 7,
+        "exit while the daemon was down keeps its real code"
+    );
+    let out = pod.exec(&long, &["echo", "still here"], 10).await?;
+    assert_eq!(out.stdout, b"still here\n");
+    pod.teardown().await
+}
