@@ -2,6 +2,8 @@
 //! criusd configured to use it as the docker.io mirror, and tree comparison.
 #![allow(dead_code)]
 
+pub mod pods;
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

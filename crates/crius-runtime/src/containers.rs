@@ -58,6 +58,10 @@ pub struct ContainerRecord {
     /// `<root>/containers/<id>`: upper and work dirs.
     pub layer_dir: PathBuf,
     pub stop_signal: String,
+    /// Self bind mounts made shared for volumes with propagation; unmounted when no container
+    /// uses them any more.
+    #[serde(default)]
+    pub shared_binds: Vec<PathBuf>,
 }
 
 /// What the caller resolved about the image.
@@ -300,6 +304,32 @@ impl ContainerManager {
             }
         });
 
+        let mut shared_binds = Vec::new();
+        for (i, m) in config.mounts.iter().enumerate() {
+            if m.propagation == k8s_cri::v1::MountPropagation::PropagationPrivate as i32
+                || m.host_path.is_empty()
+            {
+                continue;
+            }
+            let host = Path::new(&m.host_path);
+            if !host.exists() {
+                continue; // created by the spec step like any other missing host path
+            }
+            if rootfs::ensure_shared(host)
+                .map_err(io_err("making the volume's host mount shared", host))?
+            {
+                let bound = fs::canonicalize(host).map_err(io_err("resolving", host))?;
+                tracing::debug!(mount = i, path = %bound.display(), "host side of the volume made a shared mount");
+                undo.push({
+                    let b = bound.clone();
+                    move || {
+                        let _ = rootfs::unmount(&b);
+                    }
+                });
+                shared_binds.push(bound);
+            }
+        }
+
         let handler_path = self
             .opts
             .handlers
@@ -389,6 +419,7 @@ impl ContainerManager {
             rootfs,
             layer_dir,
             stop_signal: image_config.stop_signal.clone(),
+            shared_binds,
             config,
         };
         if let Err(e) = self.save(&record) {
@@ -543,6 +574,15 @@ impl ContainerManager {
             let _ = fs::remove_file(Self::exit_dir(&pod).join(&c.id));
         }
         rootfs::unmount(&c.rootfs).map_err(io_err("unmounting", &c.rootfs))?;
+        for b in &c.shared_binds {
+            let in_use = self
+                .lock()
+                .values()
+                .any(|o| o.id != c.id && o.shared_binds.contains(b));
+            if !in_use {
+                rootfs::unmount(b).map_err(io_err("unmounting", b))?;
+            }
+        }
         for dir in [&c.bundle, &c.layer_dir] {
             match fs::remove_dir_all(dir) {
                 Ok(()) => {}

@@ -107,3 +107,54 @@ pub fn remove_cgroup(rel: &str) {
         }
     }
 }
+
+/// Makes the host side of a volume with HOST_TO_CONTAINER or BIDIRECTIONAL propagation a
+/// shared mount, so mount events reach the container's rslave/rshared copy (and come back).
+/// A path that is not a mount point of its own gets a bind mount onto itself first; then
+/// `true` is returned and the caller unmounts it once no container uses it.
+pub fn ensure_shared(path: &Path) -> io::Result<bool> {
+    let path = std::fs::canonicalize(path)?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    // The mount containing `path` is the last (most recent) one with the longest prefix.
+    let mut best: Option<(PathBuf, bool)> = None;
+    for line in mountinfo.lines() {
+        let Some((pre, _)) = line.split_once(" - ") else {
+            continue;
+        };
+        let fields: Vec<&str> = pre.split(' ').collect();
+        let Some(mp) = fields.get(4).map(PathBuf::from) else {
+            continue;
+        };
+        if path.starts_with(&mp)
+            && best
+                .as_ref()
+                .is_none_or(|(b, _)| mp.as_os_str().len() >= b.as_os_str().len())
+        {
+            let shared = fields.iter().skip(6).any(|f| f.starts_with("shared:"));
+            best = Some((mp, shared));
+        }
+    }
+    let (mount_point, shared) =
+        best.ok_or_else(|| io::Error::other("no mount contains the path"))?;
+    if shared {
+        return Ok(false);
+    }
+    let created = mount_point != path;
+    if created {
+        mount(
+            Some(&path),
+            &path,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )?;
+    }
+    mount(
+        None::<&str>,
+        &path,
+        None::<&str>,
+        MsFlags::MS_SHARED | MsFlags::MS_REC,
+        None::<&str>,
+    )?;
+    Ok(created)
+}

@@ -135,29 +135,89 @@ const INT64_FIELDS: &[&str] = &[
     "created_at",
     "started_at",
     "finished_at",
+    "cpu_period",
+    "cpu_quota",
+    "cpu_shares",
+    "memory_limit_in_bytes",
+    "oom_score_adj",
+    "memory_swap_limit_in_bytes",
+    "supplemental_groups",
+    "limit",
+    "cpu_count",
+    "cpu_maximum",
+    "rootfs_size_in_bytes",
+    "timeout",
 ];
+
+/// The name protojson gives an enum field's value, the enum known by the field's name.
+/// `state` is a PodSandboxState or a ContainerState: `container` tells which.
+pub fn enum_name(field: &str, value: i64, container: bool) -> Option<&'static str> {
+    use k8s_cri::v1::{
+        CgroupDriver, ContainerEventType, ContainerState, MetricType, MountPropagation,
+        NamespaceMode, PodSandboxState, Protocol, SupplementalGroupsPolicy,
+    };
+    let value = i32::try_from(value).ok()?;
+    match field {
+        "state" if container => ContainerState::try_from(value)
+            .ok()
+            .map(|e| e.as_str_name()),
+        "state" => PodSandboxState::try_from(value)
+            .ok()
+            .map(|e| e.as_str_name()),
+        "network" | "pid" | "ipc" | "mode" => {
+            NamespaceMode::try_from(value).ok().map(|e| e.as_str_name())
+        }
+        "protocol" => Protocol::try_from(value).ok().map(|e| e.as_str_name()),
+        "propagation" => MountPropagation::try_from(value)
+            .ok()
+            .map(|e| e.as_str_name()),
+        "supplemental_groups_policy" => SupplementalGroupsPolicy::try_from(value)
+            .ok()
+            .map(|e| e.as_str_name()),
+        "cgroup_driver" => CgroupDriver::try_from(value).ok().map(|e| e.as_str_name()),
+        "container_event_type" => ContainerEventType::try_from(value)
+            .ok()
+            .map(|e| e.as_str_name()),
+        "metric_type" => MetricType::try_from(value).ok().map(|e| e.as_str_name()),
+        _ => None,
+    }
+}
+
+/// Whether an object is a container (its `state` a ContainerState) rather than a pod.
+fn is_container(map: &Map<String, Value>) -> bool {
+    ["image_ref", "pod_sandbox_id", "exit_code"]
+        .iter()
+        .any(|k| map.contains_key(*k))
+}
 
 /// Map-typed fields: their keys are data, not field names, and stay as they are.
 const MAP_FIELDS: &[&str] = &["annotations", "labels", "info"];
 
 /// Reshapes serde's JSON of a prost message into what crictl prints (protojson):
-/// camelCase keys, 64-bit integers as strings, map keys untouched.
+/// camelCase keys, 64-bit integers as strings, enums by name, map keys untouched.
 pub fn protojson(value: Value) -> Value {
     match value {
-        Value::Object(map) => Value::Object(
-            map.into_iter()
-                .map(|(key, v)| {
-                    let v = if MAP_FIELDS.contains(&key.as_str()) {
-                        v
-                    } else if INT64_FIELDS.contains(&key.as_str()) {
-                        int64_to_string(v)
-                    } else {
-                        protojson(v)
-                    };
-                    (camel_case(&key), v)
-                })
-                .collect(),
-        ),
+        Value::Object(map) => {
+            let container = is_container(&map);
+            Value::Object(
+                map.into_iter()
+                    .map(|(key, v)| {
+                        let v = if MAP_FIELDS.contains(&key.as_str()) {
+                            v
+                        } else if INT64_FIELDS.contains(&key.as_str()) {
+                            int64_to_string(v)
+                        } else if let Some(name) =
+                            v.as_i64().and_then(|n| enum_name(&key, n, container))
+                        {
+                            Value::String(name.to_owned())
+                        } else {
+                            protojson(v)
+                        };
+                        (camel_case(&key), v)
+                    })
+                    .collect(),
+            )
+        }
         Value::Array(items) => Value::Array(items.into_iter().map(protojson).collect()),
         other => other,
     }
@@ -190,6 +250,55 @@ pub fn merge_info(
     keys.sort();
     for key in keys {
         object.insert(key.clone(), json_or_string(&info[key]));
+    }
+}
+
+/// go-units' `HumanDuration`, which crictl shows as "<duration> ago".
+pub fn human_duration(d: Duration) -> String {
+    let seconds = d.as_secs();
+    let minutes = seconds / 60;
+    // Go's d.Round(time.Hour): halves round up.
+    let hours = (d.as_secs_f64() / 3600.0 + 0.5).floor() as u64;
+    if seconds < 1 {
+        "Less than a second".to_owned()
+    } else if seconds == 1 {
+        "1 second".to_owned()
+    } else if seconds < 60 {
+        format!("{seconds} seconds")
+    } else if minutes == 1 {
+        "About a minute".to_owned()
+    } else if minutes < 60 {
+        format!("{minutes} minutes")
+    } else if hours == 1 {
+        "About an hour".to_owned()
+    } else if hours < 48 {
+        format!("{hours} hours")
+    } else if hours < 24 * 7 * 2 {
+        format!("{} days", hours / 24)
+    } else if hours < 24 * 30 * 2 {
+        format!("{} weeks", hours / 24 / 7)
+    } else if hours < 24 * 365 * 2 {
+        format!("{} months", hours / 24 / 30)
+    } else {
+        format!("{} years", seconds / 3600 / 24 / 365)
+    }
+}
+
+/// "2 minutes ago" for a CRI timestamp (nanoseconds since the epoch) seen at `now`.
+pub fn ago(created_at_nanos: i64, now: std::time::SystemTime) -> String {
+    let now_nanos = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64);
+    let elapsed = now_nanos.saturating_sub(created_at_nanos).max(0) as u64;
+    format!("{} ago", human_duration(Duration::from_nanos(elapsed)))
+}
+
+/// A listing's `-o json|yaml` as the structured output format; `None` for a table.
+pub fn structured(output: crate::cli::ListOutput) -> Option<Output> {
+    match output {
+        crate::cli::ListOutput::Table => None,
+        crate::cli::ListOutput::Json => Some(Output::Json),
+        crate::cli::ListOutput::Yaml => Some(Output::Yaml),
     }
 }
 
@@ -342,6 +451,92 @@ docker.io/library/busybox-with-a-long-name   latest              beae173ccac6a  
                 "repoTags": ["a:b"],
                 "pinned": false
             })
+        );
+    }
+
+    #[test]
+    fn enums_by_name() {
+        let pod = json!({
+            "id": "p1",
+            "metadata": {"name": "web"},
+            "state": 0,
+            "created_at": 1,
+            "network": {"ip": "10.0.0.2"},
+            "linux": {"namespaces": {"options": {
+                "network": 2, "pid": 1, "ipc": 0, "target_id": "",
+                "userns_options": {"mode": 2, "uids": []}
+            }}}
+        });
+        let out = protojson(pod);
+        assert_eq!(out["state"], "SANDBOX_READY");
+        assert_eq!(out["createdAt"], "1");
+        assert_eq!(out["network"], json!({"ip": "10.0.0.2"}));
+        let options = &out["linux"]["namespaces"]["options"];
+        assert_eq!(options["network"], "NODE");
+        assert_eq!(options["pid"], "CONTAINER");
+        assert_eq!(options["ipc"], "POD");
+        assert_eq!(options["usernsOptions"]["mode"], "NODE");
+
+        let container = json!({
+            "id": "c1", "pod_sandbox_id": "p1", "state": 2, "image_ref": "sha256:x",
+            "mounts": [{"propagation": 1}],
+            "resources": {"linux": {"cpu_quota": 50000, "memory_limit_in_bytes": 1}}
+        });
+        let out = protojson(container);
+        assert_eq!(out["state"], "CONTAINER_EXITED");
+        assert_eq!(out["podSandboxId"], "p1");
+        assert_eq!(
+            out["mounts"][0]["propagation"],
+            "PROPAGATION_HOST_TO_CONTAINER"
+        );
+        assert_eq!(out["resources"]["linux"]["cpuQuota"], "50000");
+        assert_eq!(out["resources"]["linux"]["memoryLimitInBytes"], "1");
+
+        assert_eq!(
+            protojson(json!({"cgroup_driver": 1, "state": 1})),
+            json!({"cgroupDriver": "CGROUPFS", "state": "SANDBOX_NOTREADY"})
+        );
+        // Unknown values stay numbers, as protojson does.
+        assert_eq!(protojson(json!({"state": 9})), json!({"state": 9}));
+        // Labels are data, even when a key looks like an enum field.
+        assert_eq!(
+            protojson(json!({"labels": {"state": "1"}})),
+            json!({"labels": {"state": "1"}})
+        );
+    }
+
+    #[test]
+    fn human_durations_like_go_units() {
+        let secs = Duration::from_secs;
+        assert_eq!(
+            human_duration(Duration::from_millis(300)),
+            "Less than a second"
+        );
+        assert_eq!(human_duration(secs(1)), "1 second");
+        assert_eq!(human_duration(secs(59)), "59 seconds");
+        assert_eq!(human_duration(secs(60)), "About a minute");
+        assert_eq!(human_duration(secs(119)), "About a minute");
+        assert_eq!(human_duration(secs(150)), "2 minutes");
+        assert_eq!(human_duration(secs(59 * 60 + 59)), "59 minutes");
+        assert_eq!(human_duration(secs(3600)), "About an hour");
+        assert_eq!(human_duration(secs(5399)), "About an hour");
+        assert_eq!(human_duration(secs(5400)), "2 hours");
+        assert_eq!(human_duration(secs(47 * 3600)), "47 hours");
+        assert_eq!(human_duration(secs(3 * 86400)), "3 days");
+        assert_eq!(human_duration(secs(15 * 86400)), "2 weeks");
+        assert_eq!(human_duration(secs(90 * 86400)), "3 months");
+        assert_eq!(human_duration(secs(800 * 86400)), "2 years");
+    }
+
+    #[test]
+    fn ago_from_nanoseconds() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let created = (1_700_000_000i64 - 150) * 1_000_000_000;
+        assert_eq!(ago(created, now), "2 minutes ago");
+        // A clock a little behind the runtime's is not negative time.
+        assert_eq!(
+            ago(created + 10_000_000_000_000, now),
+            "Less than a second ago"
         );
     }
 

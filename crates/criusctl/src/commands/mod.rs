@@ -1,34 +1,58 @@
-//! One module per subcommand. Runtime-side commands (pods, ps, runp, create, start,
-//! exec, logs, …) slot in here beside the image ones, each with its own file.
+//! One module per subcommand: the image ones (pull, images, …) and the runtime ones
+//! (runp, pods, create, ps, logs, exec, …), each with its own file.
 
+mod create;
+mod exec;
 mod imagefsinfo;
 mod images;
 mod info;
+mod inspect;
 mod inspecti;
+mod inspectp;
+mod logs;
+mod pods;
+mod ps;
 mod pull;
+mod rm;
 mod rmi;
+mod rmp;
+mod run;
+mod runp;
+mod start;
+mod stop;
+mod stopp;
+mod update;
 mod version;
 
 use std::time::Duration;
 
-use anyhow::{Result, anyhow};
-use k8s_cri::v1::ImageSpec;
+use anyhow::{Result, anyhow, bail};
+use k8s_cri::v1::{ImageSpec, ImageStatusRequest};
 
 use crate::cli::{Cli, Command};
 use crate::client::Context;
+use crate::format;
+
+/// The exit status a command wants without an error message (exec passes on the
+/// command's own status this way).
+#[derive(Debug)]
+pub struct Exit(pub i32);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit status {}", self.0)
+    }
+}
+
+impl std::error::Error for Exit {}
 
 /// Deadline for commands other than pull when `--timeout` is not given.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub async fn run(cli: Cli) -> Result<()> {
     let ctx = Context::new(&cli.global);
-    // Pulls can legitimately take long; everything else should answer quickly.
-    let timeout = match (cli.global.timeout, &cli.command) {
-        (Some(t), _) => t,
-        (None, Command::Pull(_)) => Duration::ZERO,
-        (None, _) => DEFAULT_TIMEOUT,
-    };
-    let work = dispatch(&ctx, &cli.command);
+    let timeout = deadline(cli.global.timeout, &cli.command);
+    let work = dispatch(&ctx, &cli.command, cli.global.timeout);
     if timeout.is_zero() {
         return work.await;
     }
@@ -37,7 +61,31 @@ pub async fn run(cli: Cli) -> Result<()> {
         .map_err(|_| anyhow!("DeadlineExceeded: no answer within {timeout:?}"))?
 }
 
-async fn dispatch(ctx: &Context, command: &Command) -> Result<()> {
+/// The deadline of the whole command; zero means none. Pulls (also inside `run`) and
+/// followed logs can legitimately take long; exec and stop add their own time to the
+/// default; everything else should answer quickly.
+fn deadline(global: Option<Duration>, command: &Command) -> Duration {
+    match command {
+        Command::Pull(_) | Command::Run(_) => global.unwrap_or(Duration::ZERO),
+        Command::Logs(args) if args.follow => global.unwrap_or(Duration::ZERO),
+        // exec's --timeout is the command's own timeout: give the RPC room beyond it.
+        Command::Exec(_) => match global {
+            Some(t) if !t.is_zero() => t + DEFAULT_TIMEOUT,
+            _ => Duration::ZERO,
+        },
+        Command::Stop(args) => match (args.grace, global) {
+            (Some(_), Some(t)) => t,
+            _ => {
+                let grace = stop::grace_period(args, global);
+                let count = u32::try_from(args.containers.len()).unwrap_or(u32::MAX);
+                Duration::from_secs(grace.unsigned_abs()).saturating_mul(count) + DEFAULT_TIMEOUT
+            }
+        },
+        _ => global.unwrap_or(DEFAULT_TIMEOUT),
+    }
+}
+
+async fn dispatch(ctx: &Context, command: &Command, global: Option<Duration>) -> Result<()> {
     match command {
         Command::Version => version::run(ctx).await,
         Command::Info(args) => info::run(ctx, args).await,
@@ -46,7 +94,50 @@ async fn dispatch(ctx: &Context, command: &Command) -> Result<()> {
         Command::Inspecti(args) => inspecti::run(ctx, args).await,
         Command::Rmi(args) => rmi::run(ctx, args).await,
         Command::Imagefsinfo(args) => imagefsinfo::run(ctx, args).await,
+        Command::Runp(args) => runp::run(ctx, args).await,
+        Command::Pods(args) => pods::run(ctx, args).await,
+        Command::Inspectp(args) => inspectp::run(ctx, args).await,
+        Command::Stopp(args) => stopp::run(ctx, args).await,
+        Command::Rmp(args) => rmp::run(ctx, args).await,
+        Command::Create(args) => create::run(ctx, args).await,
+        Command::Start(args) => start::run(ctx, args).await,
+        Command::Stop(args) => stop::run(ctx, args, global).await,
+        Command::Rm(args) => rm::run(ctx, args).await,
+        Command::Ps(args) => ps::run(ctx, args).await,
+        Command::Inspect(args) => inspect::run(ctx, args).await,
+        Command::Logs(args) => logs::run(ctx, args).await,
+        Command::Exec(args) => exec::run(ctx, args, global).await,
+        Command::Run(args) => run::run(ctx, args).await,
+        Command::Update(args) => update::run(ctx, args).await,
     }
+}
+
+/// For commands over several ids: tells about one failure and lets the rest go on.
+fn report(what: &str, id: &str, err: &anyhow::Error) {
+    eprintln!("criusctl: {what} {id:?}: {}", format::error_message(err));
+}
+
+/// Fails after [`report`]ed failures, naming what could not be done.
+fn finish(failed: usize, what: &str) -> Result<()> {
+    if failed > 0 {
+        bail!("{what} failed for {failed} of the given ids");
+    }
+    Ok(())
+}
+
+/// Pulls `image` (quietly) unless the image service already has it.
+async fn ensure_image(ctx: &Context, image: &str) -> Result<()> {
+    let request = ImageStatusRequest {
+        image: Some(image_spec(image)),
+        verbose: false,
+    };
+    ctx.trace("ImageStatusRequest", &request);
+    let response = ctx.image().await?.image_status(request).await?.into_inner();
+    ctx.trace("ImageStatusResponse", &response);
+    if response.image.is_none() {
+        pull::pull_quietly(ctx, image).await?;
+    }
+    Ok(())
 }
 
 /// The ImageSpec for a user-given reference.

@@ -17,30 +17,39 @@ use crate::client::Context;
 pub async fn run(ctx: &Context, args: &PullArgs) -> Result<()> {
     let auth = auth_config(args)?;
     let show_bars = !args.no_progress && std::io::stdout().is_terminal();
-    let image_id = match pull_with_progress(ctx, args, &auth, show_bars).await? {
+    let image_id = match pull_with_progress(ctx, &args.image, &auth, show_bars).await? {
         Some(id) => id,
-        None => pull_image(ctx, args, auth).await?,
+        None => pull_image(ctx, &args.image, auth).await?,
     };
     println!("Image is up to date for {image_id}");
     Ok(())
 }
 
+/// Pulls without bars or output (for `run` and `create --with-pull`); the image id.
+pub async fn pull_quietly(ctx: &Context, image: &str) -> Result<String> {
+    let auth = AuthConfig::default();
+    match pull_with_progress(ctx, image, &auth, false).await? {
+        Some(id) => Ok(id),
+        None => pull_image(ctx, image, auth).await,
+    }
+}
+
 /// Streams progress; `None` when the server does not implement the crius service.
 async fn pull_with_progress(
     ctx: &Context,
-    args: &PullArgs,
+    image: &str,
     auth: &AuthConfig,
     show_bars: bool,
 ) -> Result<Option<String>> {
     let request = PullWithProgressRequest {
-        image: args.image.clone(),
+        image: image.to_owned(),
         username: auth.username.clone(),
         password: auth.password.clone(),
         auth: auth.auth.clone(),
         identity_token: String::new(),
         registry_token: String::new(),
     };
-    ctx.trace("PullWithProgressRequest", &redacted(&args.image));
+    ctx.trace("PullWithProgressRequest", &redacted(image));
     let mut stream = match ctx.crius_images().await?.pull_with_progress(request).await {
         Ok(response) => response.into_inner(),
         Err(status) if status.code() == Code::Unimplemented => return Ok(None),
@@ -51,7 +60,7 @@ async fn pull_with_progress(
     loop {
         let message = match stream.message().await {
             Ok(Some(message)) => message,
-            Ok(None) => bail!("pull of {} ended without a result", args.image),
+            Ok(None) => bail!("pull of {image} ended without a result"),
             // A trailers-only Unimplemented can surface on the first read instead.
             Err(status) if first && status.code() == Code::Unimplemented => return Ok(None),
             Err(status) => {
@@ -69,14 +78,14 @@ async fn pull_with_progress(
     }
 }
 
-async fn pull_image(ctx: &Context, args: &PullArgs, auth: AuthConfig) -> Result<String> {
+async fn pull_image(ctx: &Context, image: &str, auth: AuthConfig) -> Result<String> {
     let has_auth = auth != AuthConfig::default();
     let request = PullImageRequest {
-        image: Some(image_spec(&args.image)),
+        image: Some(image_spec(image)),
         auth: has_auth.then_some(auth),
         sandbox_config: None,
     };
-    ctx.trace("PullImageRequest", &redacted(&args.image));
+    ctx.trace("PullImageRequest", &redacted(image));
     let response = ctx.image().await?.pull_image(request).await?.into_inner();
     ctx.trace("PullImageResponse", &response);
     Ok(response.image_ref)

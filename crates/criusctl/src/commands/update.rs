@@ -1,0 +1,55 @@
+//! `criusctl update`: UpdateContainerResources with the given Linux limits.
+
+use anyhow::{Result, bail};
+use k8s_cri::v1::{LinuxContainerResources, UpdateContainerResourcesRequest};
+
+use super::{finish, report};
+use crate::cli::UpdateArgs;
+use crate::client::Context;
+
+pub async fn run(ctx: &Context, args: &UpdateArgs) -> Result<()> {
+    let resources = resources(args)?;
+    let mut client = ctx.runtime().await?;
+    let mut failed = 0;
+    for id in &args.containers {
+        let request = UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(resources.clone()),
+            windows: None,
+            annotations: Default::default(),
+        };
+        ctx.trace("UpdateContainerResourcesRequest", &request);
+        match client.update_container_resources(request).await {
+            Ok(_) => println!("{id}"),
+            Err(status) => {
+                report("updating container", id, &status.into());
+                failed += 1;
+            }
+        }
+    }
+    finish(failed, "updating containers")
+}
+
+/// The resources to set; at least one flag must be given.
+fn resources(args: &UpdateArgs) -> Result<LinuxContainerResources> {
+    let given = args.memory.is_some()
+        || args.cpu_quota.is_some()
+        || args.cpu_period.is_some()
+        || args.cpu_shares.is_some()
+        || args.cpuset_cpus.is_some()
+        || args.cpuset_mems.is_some();
+    if !given {
+        bail!(
+            "nothing to update: give --memory, --cpu-quota, --cpu-period, --cpu-shares, --cpuset-cpus or --cpuset-mems"
+        );
+    }
+    Ok(LinuxContainerResources {
+        memory_limit_in_bytes: args.memory.unwrap_or_default(),
+        cpu_quota: args.cpu_quota.unwrap_or_default(),
+        cpu_period: args.cpu_period.unwrap_or_default(),
+        cpu_shares: args.cpu_shares.unwrap_or_default(),
+        cpuset_cpus: args.cpuset_cpus.clone().unwrap_or_default(),
+        cpuset_mems: args.cpuset_mems.clone().unwrap_or_default(),
+        ..Default::default()
+    })
+}
