@@ -7,13 +7,16 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use clap::Parser;
 use crius_config::{Config, LogFormat, Overrides};
+mod default_network;
 mod reaper;
 
 use std::sync::Arc;
 
+use crius_cni::{CniManager, CniOptions};
 use crius_image::{ImageStore, PullOptions, Puller, StoreOptions};
 use crius_runtime::{
-    ContainerManager, ContainerManagerOptions, HostSandboxOps, PodManager, PodManagerOptions,
+    CniNetwork, ContainerManager, ContainerManagerOptions, HostSandboxOps, PodManager,
+    PodManagerOptions,
 };
 use crius_server::{Context, VersionInfo};
 use tokio::signal::unix::{SignalKind, signal};
@@ -161,6 +164,15 @@ async fn run(config: Config) -> Result<()> {
         },
     );
 
+    let network = Arc::new(CniNetwork {
+        manager: CniManager::new(cni_options(&config)),
+        pod_cidr: Default::default(),
+    });
+    if config.network.write_default_config
+        && let Err(e) = default_network::write_if_missing(&config.network.conf_dir)
+    {
+        warn!(error = %e, dir = %config.network.conf_dir.display(), "could not write the default network config");
+    }
     let pods = Arc::new(
         tokio::task::spawn_blocking({
             let opts = PodManagerOptions {
@@ -169,7 +181,8 @@ async fn run(config: Config) -> Result<()> {
                 handlers: config.runtime_handlers(),
                 default_handler: config.default_runtime_handler(),
             };
-            move || PodManager::open(opts, Arc::new(HostSandboxOps))
+            let network = network.clone();
+            move || PodManager::open(opts, Arc::new(HostSandboxOps), network)
         })
         .await??,
     );
@@ -204,6 +217,7 @@ async fn run(config: Config) -> Result<()> {
         puller,
         pods,
         containers,
+        network,
     );
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -228,6 +242,25 @@ async fn run(config: Config) -> Result<()> {
     drop(lock);
     info!("criusd stopped");
     Ok(())
+}
+
+/// CNI settings: the configured bin dirs, then the directory crius's own plugins are
+/// installed in (next to criusd).
+fn cni_options(config: &Config) -> CniOptions {
+    let mut bin_dirs = config.network.bin_dirs.clone();
+    let helper = crius_sandbox::helper_path("crius-bridge");
+    if let Some(own) = helper
+        .parent()
+        .filter(|own| !bin_dirs.iter().any(|d| d == own))
+    {
+        bin_dirs.push(own.to_path_buf());
+    }
+    CniOptions {
+        conf_dir: config.network.conf_dir.clone(),
+        bin_dirs,
+        cache_dir: config.root.join("cni"),
+        ..CniOptions::default()
+    }
 }
 
 async fn wait_for_signal() -> Result<&'static str> {

@@ -11,7 +11,7 @@ use anyhow::Result;
 use common::*;
 use crius_testkit::image;
 use crius_testkit::{Daemon, DaemonOptions, FaultMode, push_image};
-use k8s_cri::v1::{CreateContainerRequest, RuntimeConfigRequest, StatusRequest, VersionRequest};
+use k8s_cri::v1::{PortForwardRequest, RuntimeConfigRequest, StatusRequest, VersionRequest};
 
 #[tokio::test]
 async fn version_status_and_runtime_config() -> Result<()> {
@@ -45,7 +45,10 @@ async fn version_status_and_runtime_config() -> Result<()> {
     let have_runtime = Path::new("/usr/bin/crun").exists() || Path::new("/usr/bin/runc").exists();
     assert_eq!(runtime_ready.status, have_runtime);
     let network = conds.iter().find(|c| c.r#type == "NetworkReady").unwrap();
-    assert!(!network.status && !network.reason.is_empty() && !network.message.is_empty());
+    assert!(
+        network.status,
+        "the test network (loopback only) is ready: {network:?}"
+    );
     let config: serde_json::Value = serde_json::from_str(&s.info["config"])?;
     assert_eq!(config["root"], d.root().display().to_string());
     assert_eq!(config["image"]["max_concurrent_downloads"], 3);
@@ -87,18 +90,14 @@ async fn rpcs_not_done_yet_answer_unimplemented_naming_the_rpc() -> Result<()> {
     let err = d
         .runtime()
         .await?
-        .create_container(CreateContainerRequest::default())
+        .port_forward(PortForwardRequest::default())
         .await
         .expect_err("not implemented");
     assert_eq!(err.code(), tonic::Code::Unimplemented);
-    assert!(
-        err.message().contains("CreateContainer"),
-        "{}",
-        err.message()
-    );
+    assert!(err.message().contains("PortForward"), "{}", err.message());
     // The RPC is logged by the logging layer with its name and code.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(d.log().contains("CreateContainer"), "log mentions the RPC");
+    assert!(d.log().contains("PortForward"), "log mentions the RPC");
     Ok(())
 }
 
@@ -293,4 +292,62 @@ async fn criusctl_image_commands() -> Result<()> {
     let out = run(&["inspecti", "busybox:1.36"]);
     assert!(!out.status.success());
     Ok(())
+}
+
+/// NetworkReady tells the truth: false with a reason naming the problem until a valid network
+/// config whose plugins exist is in the conf dir, true after.
+#[tokio::test]
+async fn network_ready_follows_the_cni_conf_dir() -> Result<()> {
+    let conf = tempfile::tempdir()?;
+    let config = format!(
+        "[network]\nconf_dir = \"{}\"\nbin_dirs = [\"/usr/lib/cni\"]\nwrite_default_config = false\n",
+        conf.path().display()
+    );
+    let d = Daemon::start(DaemonOptions::new(CRIUSD).config(config)).await?;
+    let n = network_condition(&d).await?;
+    assert!(!n.status && !n.reason.is_empty(), "{n:?}");
+    assert!(
+        n.message.contains(&conf.path().display().to_string()),
+        "names the dir: {n:?}"
+    );
+
+    std::fs::write(conf.path().join("10-bad.conflist"), "{ not json")?;
+    let n = network_condition(&d).await?;
+    assert!(
+        !n.status && n.message.contains("10-bad.conflist"),
+        "names the bad file: {n:?}"
+    );
+
+    std::fs::write(
+        conf.path().join("20-missing.conflist"),
+        r#"{"cniVersion":"1.0.0","name":"m","plugins":[{"type":"no-such-plugin"}]}"#,
+    )?;
+    let n = network_condition(&d).await?;
+    assert!(
+        !n.status && n.message.contains("no-such-plugin"),
+        "names the missing plugin: {n:?}"
+    );
+
+    std::fs::write(
+        conf.path().join("05-good.conflist"),
+        r#"{"cniVersion":"1.0.0","name":"lo","plugins":[{"type":"loopback"}]}"#,
+    )?;
+    let n = network_condition(&d).await?;
+    assert!(n.status, "{n:?}");
+    Ok(())
+}
+
+async fn network_condition(d: &Daemon) -> Result<k8s_cri::v1::RuntimeCondition> {
+    let s = d
+        .runtime()
+        .await?
+        .status(StatusRequest { verbose: false })
+        .await?
+        .into_inner();
+    Ok(s.status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.r#type == "NetworkReady")
+        .unwrap())
 }

@@ -85,6 +85,7 @@ pub struct Config {
     /// How long in-flight RPCs may run after SIGTERM before the daemon exits anyway.
     pub shutdown_timeout: HumanDuration,
     pub image: ImageConfig,
+    pub network: NetworkConfig,
     /// The runtime handler used when a pod names none; default: `crun` if present, else `runc`.
     pub default_runtime: Option<String>,
     /// Runtime handlers (RuntimeClass handlers) by name. `runc` and `crun` are added
@@ -105,6 +106,28 @@ pub struct ImageConfig {
     pub pinned_images: Vec<String>,
     /// The sandbox ("pause") image, if any; always pinned.
     pub sandbox_image: Option<String>,
+}
+
+/// Pod networking through CNI.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// Network configurations (`.conflist`, `.conf`, `.json`); the lowest file name wins.
+    pub conf_dir: PathBuf,
+    /// Where plugins are looked for, in order (crius's own plugins are found next to criusd).
+    pub bin_dirs: Vec<PathBuf>,
+    /// When the conf dir holds no configuration, write crius's default one there.
+    pub write_default_config: bool,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            conf_dir: "/etc/cni/net.d".into(),
+            bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
+            write_default_config: true,
+        }
+    }
 }
 
 /// One OCI runtime a pod can ask for by handler name.
@@ -146,6 +169,7 @@ impl Default for Config {
             cgroup_driver: None,
             shutdown_timeout: HumanDuration(Duration::from_secs(10)),
             image: ImageConfig::default(),
+            network: NetworkConfig::default(),
             default_runtime: None,
             runtimes: BTreeMap::new(),
             registries: BTreeMap::new(),

@@ -40,6 +40,11 @@ pub enum RuntimeError {
         op: &'static str,
         message: String,
     },
+    #[error("pod sandbox {pod_id}: network: {source}")]
+    Network {
+        pod_id: String,
+        source: crius_cni::CniError,
+    },
     #[error(transparent)]
     State(#[from] StateError),
     #[error("{op} {path}: {source}")]
@@ -66,6 +71,7 @@ impl HasKind for RuntimeError {
             RuntimeError::Spec { source, .. } => source.kind(),
             RuntimeError::Monitor { .. } => ErrorKind::Internal,
             RuntimeError::Sandbox { source, .. } => source.kind(),
+            RuntimeError::Network { source, .. } => source.kind(),
             RuntimeError::State(e) => e.kind(),
             RuntimeError::Io { source, .. } => ErrorKind::from_io(source),
         }

@@ -15,6 +15,7 @@
 mod containers;
 mod error;
 mod ids;
+mod network;
 mod ops;
 mod pods;
 mod record;
@@ -26,6 +27,7 @@ pub use containers::{
 };
 pub use error::RuntimeError;
 pub use ids::new_id;
+pub use network::{CniNetwork, POD_IFNAME, PodNetwork};
 pub use ops::{HostSandboxOps, SandboxOps};
 pub use pods::{PodFilter, PodManager, PodManagerOptions};
 pub use record::{PodRecord, PodState};

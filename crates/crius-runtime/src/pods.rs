@@ -12,6 +12,7 @@ use tracing::{info, warn};
 
 use crate::error::{RuntimeError, invalid, io_err};
 use crate::ids::{new_id, resolve};
+use crate::network::PodNetwork;
 use crate::ops::SandboxOps;
 use crate::record::{PodRecord, PodState, name_key};
 
@@ -41,6 +42,7 @@ pub struct PodFilter {
 pub struct PodManager {
     opts: PodManagerOptions,
     ops: Arc<dyn SandboxOps>,
+    network: Arc<dyn PodNetwork>,
     pods: Mutex<BTreeMap<String, PodRecord>>,
     /// Serialises work on one pod (by id) or one pod name (while it is being created), so a
     /// retried RunPodSandbox waits for the first and then finds its pod.
@@ -73,6 +75,7 @@ impl PodManager {
     pub fn open(
         opts: PodManagerOptions,
         ops: Arc<dyn SandboxOps>,
+        network: Arc<dyn PodNetwork>,
     ) -> Result<PodManager, RuntimeError> {
         create_dir_all(&opts.records_dir, 0o700)?;
         create_dir_all(&opts.state_dir.join("pods"), 0o711)?;
@@ -106,6 +109,7 @@ impl PodManager {
         Ok(PodManager {
             opts,
             ops,
+            network,
             pods: Mutex::new(pods),
             locks: Mutex::new(HashMap::new()),
         })
@@ -254,7 +258,24 @@ impl PodManager {
             options: d.options.clone(),
         });
         crius_sandbox::write_resolv_conf(&resolv_conf, dns.as_ref()).map_err(sandbox_err)?;
-        crius_sandbox::write_hosts(&hosts_file, &plan.hostname, &[]).map_err(sandbox_err)?;
+        // The pod's network: attached through CNI (rolled back by CNI itself when a plugin
+        // fails part-way, and detached here when a later step fails).
+        let mut ips = Vec::new();
+        if let Some(netns) = pinned.net.clone() {
+            ips = self.network.setup(&id, &netns, &config).map_err(|source| {
+                RuntimeError::Network {
+                    pod_id: id.clone(),
+                    source,
+                }
+            })?;
+            let (network, pod_id, cfg) = (self.network.clone(), id.clone(), config.clone());
+            undo.push(move || {
+                if let Err(e) = network.teardown(&pod_id, &netns, &cfg) {
+                    warn!(error = %e, "rollback: detaching the pod network failed");
+                }
+            });
+        }
+        crius_sandbox::write_hosts(&hosts_file, &plan.hostname, &ips).map_err(sandbox_err)?;
 
         let record = PodRecord {
             id: id.clone(),
@@ -269,6 +290,7 @@ impl PodManager {
             hostname_file,
             resolv_conf,
             hosts_file,
+            ips: ips.iter().map(|ip| ip.to_string()).collect(),
         };
         write_json(&self.record_path(&id), &record)?;
         self.lock_pods().insert(id.clone(), record);
@@ -321,6 +343,16 @@ impl PodManager {
             pod_id: pod.id.clone(),
             source,
         };
+        // DEL is always attempted, also when the namespace is already gone: plugins release
+        // host-side state (IPs, NAT rules) that outlives it.
+        if let Some(netns) = &pod.namespaces.net {
+            self.network
+                .teardown(&pod.id, netns, &pod.config)
+                .map_err(|source| RuntimeError::Network {
+                    pod_id: pod.id.clone(),
+                    source,
+                })?;
+        }
         if pod.shm_mounted {
             self.ops.unmount_shm(&pod.shm).map_err(err)?;
         }

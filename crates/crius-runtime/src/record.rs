@@ -29,6 +29,9 @@ pub struct PodRecord {
     pub hostname_file: PathBuf,
     pub resolv_conf: PathBuf,
     pub hosts_file: PathBuf,
+    /// The pod's IPs from its network, primary first (empty for host-network pods).
+    #[serde(default)]
+    pub ips: Vec<String>,
 }
 
 impl PodRecord {

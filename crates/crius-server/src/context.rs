@@ -1,8 +1,8 @@
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use crius_config::Config;
 use crius_image::{ImageStore, Puller};
-use crius_runtime::{ContainerManager, PodManager};
+use crius_runtime::{CniNetwork, ContainerManager, PodManager};
 
 /// Version of the build, stamped by build.rs.
 #[derive(Debug, Clone)]
@@ -19,8 +19,7 @@ pub struct Context {
     pub puller: Arc<Puller>,
     pub pods: Arc<PodManager>,
     pub containers: Arc<ContainerManager>,
-    /// The pod CIDR last given by UpdateRuntimeConfig.
-    pub pod_cidr: RwLock<String>,
+    pub network: Arc<CniNetwork>,
 }
 
 impl Context {
@@ -31,6 +30,7 @@ impl Context {
         puller: Arc<Puller>,
         pods: Arc<PodManager>,
         containers: Arc<ContainerManager>,
+        network: Arc<CniNetwork>,
     ) -> Context {
         Context {
             config,
@@ -39,7 +39,7 @@ impl Context {
             puller,
             pods,
             containers,
-            pod_cidr: RwLock::new(String::new()),
+            network,
         }
     }
 }

@@ -90,7 +90,8 @@ impl Daemon {
             .tempdir()?;
         std::fs::create_dir_all(dir.path().join("root"))?;
         std::fs::create_dir_all(dir.path().join("state"))?;
-        std::fs::write(dir.path().join("config.toml"), &opts.config_toml)?;
+        let config = with_test_network(dir.path(), &opts.config_toml)?;
+        std::fs::write(dir.path().join("config.toml"), config)?;
         let mut d = Daemon {
             opts,
             dir: Some(dir),
@@ -262,7 +263,7 @@ impl Daemon {
     /// Replaces the config file (takes effect at the next [`Daemon::restart`]).
     pub fn set_config(&mut self, toml: &str) -> Result<()> {
         self.opts.config_toml = toml.into();
-        std::fs::write(self.config_path(), toml)?;
+        std::fs::write(self.config_path(), with_test_network(self.dir(), toml)?)?;
         Ok(())
     }
 
@@ -276,6 +277,25 @@ impl Daemon {
             .output()
             .unwrap_or_else(|e| panic!("running {}: {e}", bin.as_ref().display()))
     }
+}
+
+/// A daemon under test must never read or write the host's /etc/cni/net.d: unless the test's
+/// config has a `[network]` table of its own, pods get a loopback-only network from a conf
+/// dir inside the daemon's temp dir (Debian's reference `loopback` plugin).
+fn with_test_network(dir: &Path, config: &str) -> Result<String> {
+    if config.contains("[network]") {
+        return Ok(config.to_string());
+    }
+    let conf_dir = dir.join("cni-conf");
+    std::fs::create_dir_all(&conf_dir)?;
+    std::fs::write(
+        conf_dir.join("10-loopback.conflist"),
+        r#"{"cniVersion": "1.0.0", "name": "crius-test-lo", "plugins": [{"type": "loopback"}]}"#,
+    )?;
+    Ok(format!(
+        "{config}\n[network]\nconf_dir = \"{}\"\nbin_dirs = [\"/usr/lib/cni\", \"/opt/cni/bin\"]\nwrite_default_config = false\n",
+        conf_dir.display()
+    ))
 }
 
 impl Drop for Daemon {

@@ -23,7 +23,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::ExitCode;
 
-use nix::sched::{CloneFlags, unshare};
+use nix::sched::CloneFlags;
 use nix::unistd::{ForkResult, fork, pipe2, sethostname, setsid};
 
 fn main() -> ExitCode {
@@ -79,9 +79,20 @@ fn parse_ns_args(args: &[String]) -> Result<NsArgs, String> {
     Ok(out)
 }
 
+/// unshare(2) with the flags zero-extended explicitly. The kernel takes an unsigned long while
+/// libc's wrapper takes an int, and an optimised build may leave garbage in the upper half of
+/// the register (seen: a neighbouring bool field loaded along with the flags), which the kernel
+/// rejects with EINVAL.
+fn unshare_flags(flags: CloneFlags) -> nix::Result<()> {
+    let bits = flags.bits() as u32 as libc::c_ulong;
+    // SAFETY: unshare takes one integer argument and touches no memory of ours.
+    let rc = unsafe { libc::syscall(libc::SYS_unshare, bits) };
+    nix::errno::Errno::result(rc).map(drop)
+}
+
 fn pin_ns(args: &[String]) -> Result<(), String> {
     let args = parse_ns_args(args)?;
-    unshare(args.flags).map_err(|e| format!("unshare: {e}"))?;
+    unshare_flags(args.flags).map_err(|e| format!("unshare: {e}"))?;
     if let Some(name) = &args.hostname {
         if !args.flags.contains(CloneFlags::CLONE_NEWUTS) {
             return Err("--hostname needs --uts".into());
@@ -184,7 +195,7 @@ fn pid_init(args: &[String]) -> Result<(), String> {
     let ready_fd = CString::new(ready_w.as_raw_fd().to_string()).unwrap_or_default();
     let argv = [path.clone(), CString::from(c"--ready-fd"), ready_fd];
 
-    unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("unshare pid: {e}"))?;
+    unshare_flags(CloneFlags::CLONE_NEWPID).map_err(|e| format!("unshare pid: {e}"))?;
     // SAFETY: this helper is single-threaded, so the child may run ordinary code.
     match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {

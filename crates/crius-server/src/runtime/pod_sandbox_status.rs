@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use crius_runtime::{PodRecord, PodState};
 use k8s_cri::v1::{
-    LinuxPodSandboxStatus, Namespace, PodSandboxNetworkStatus, PodSandboxState, PodSandboxStatus,
-    PodSandboxStatusRequest, PodSandboxStatusResponse,
+    LinuxPodSandboxStatus, Namespace, PodIp, PodSandboxNetworkStatus, PodSandboxState,
+    PodSandboxStatus, PodSandboxStatusRequest, PodSandboxStatusResponse,
 };
 use tonic::Status;
 
@@ -65,8 +65,15 @@ fn status_of(pod: &PodRecord) -> PodSandboxStatus {
         metadata: pod.config.metadata.clone(),
         state: state_of(pod) as i32,
         created_at: pod.created_at,
-        // Pod networking (CNI) comes later: no address yet.
-        network: Some(PodSandboxNetworkStatus::default()),
+        network: Some(PodSandboxNetworkStatus {
+            ip: pod.ips.first().cloned().unwrap_or_default(),
+            additional_ips: pod
+                .ips
+                .iter()
+                .skip(1)
+                .map(|ip| PodIp { ip: ip.clone() })
+                .collect(),
+        }),
         linux: Some(LinuxPodSandboxStatus {
             namespaces: Some(Namespace { options }),
         }),

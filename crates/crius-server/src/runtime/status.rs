@@ -31,13 +31,12 @@ pub fn handle(ctx: &Context, req: StatusRequest) -> Result<StatusResponse, Statu
                 .into(),
         },
     };
-    // Pod networking (CNI) is not wired yet, and saying otherwise would make the kubelet
-    // schedule pods that cannot get an address.
+    let net = ctx.network.manager.network_status();
     let network_condition = RuntimeCondition {
         r#type: NETWORK_READY.into(),
-        status: false,
-        reason: "NetworkPluginNotReady".into(),
-        message: "crius has no pod network support yet (CNI is not configured)".into(),
+        status: net.ready,
+        reason: net.reason,
+        message: net.message,
     };
     let mut info = HashMap::new();
     if req.verbose {

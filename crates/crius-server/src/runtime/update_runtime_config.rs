@@ -33,7 +33,11 @@ pub fn handle(
             ));
         }
     }
-    let mut current = ctx.pod_cidr.write().unwrap_or_else(|p| p.into_inner());
+    let mut current = ctx
+        .network
+        .pod_cidr
+        .write()
+        .unwrap_or_else(|p| p.into_inner());
     if *current != cidr {
         info!(pod_cidr = %cidr, "pod CIDR updated");
         *current = cidr;
