@@ -1,0 +1,398 @@
+//! crius-bridge: a Linux bridge on the host, a veth pair per attachment (peer created directly
+//! in the pod netns), IPAM via a delegate plugin, optional masquerade via nftables.
+
+use crius_cni_plugins::conf::Obj;
+use crius_cni_plugins::error::{CniError, Result};
+use crius_cni_plugins::ipam;
+use crius_cni_plugins::netlink::Netlink;
+use crius_cni_plugins::netns::NetNs;
+use crius_cni_plugins::skel::{self, CmdArgs, Plugin, valid_ifname};
+use crius_cni_plugins::types::{CniResult, Dns, Interface, IpNet, Route, from_bits, to_bits};
+use crius_cni_plugins::{nft, runtime, sysctl};
+use serde_json::Value;
+
+const DEFAULT_BRIDGE: &str = "crius0";
+const DEFAULT_MTU: u32 = 1500;
+const NAT_TABLE: &str = "crius-nat";
+
+struct BridgeConf {
+    network: String,
+    bridge: String,
+    is_gateway: bool,
+    is_default_gateway: bool,
+    ip_masq: bool,
+    mtu: u32,
+    hairpin: bool,
+    promisc: bool,
+    ipam_type: Option<String>,
+    dns: Dns,
+}
+
+impl BridgeConf {
+    fn parse(args: &CmdArgs) -> Result<Self> {
+        let c = args.conf()?;
+        let network = c.str_req("name")?.to_owned();
+        let bridge = c
+            .str_opt("bridge")?
+            .filter(|s| !s.is_empty())
+            .unwrap_or(DEFAULT_BRIDGE)
+            .to_owned();
+        if !valid_ifname(&bridge) {
+            return Err(CniError::config(
+                "bridge",
+                format!("{bridge:?} is not a valid interface name"),
+            ));
+        }
+        let mtu = c.u32_opt("mtu")?.unwrap_or(DEFAULT_MTU);
+        if !(68..=65535).contains(&mtu) {
+            return Err(CniError::config(
+                "mtu",
+                format!("{mtu} is outside 68..=65535"),
+            ));
+        }
+        let is_default_gateway = c.bool_or("isDefaultGateway", false)?;
+        let ipam_type = match c.obj_value("ipam")? {
+            Some(m) if !m.is_empty() => Some(Obj::with_path(m, "ipam").str_req("type")?.to_owned()),
+            _ => None,
+        };
+        let dns = match c.raw("dns") {
+            Some(v) => serde_json::from_value(v.clone())
+                .map_err(|e| CniError::config("dns", e.to_string()))?,
+            None => Dns::default(),
+        };
+        Ok(Self {
+            network,
+            bridge,
+            is_gateway: c.bool_or("isGateway", false)? || is_default_gateway,
+            is_default_gateway,
+            ip_masq: c.bool_or("ipMasq", false)?,
+            mtu,
+            hairpin: c.bool_or("hairpinMode", false)?,
+            promisc: c.bool_or("promiscMode", false)?,
+            ipam_type,
+            dns,
+        })
+    }
+}
+
+/// Host-side veth name: stable for (network, container, ifname) so DEL finds it without the
+/// pod netns. "veth" + 10 hex digits of FNV-1a.
+fn host_veth_name(network: &str, id: &str, ifname: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in network
+        .bytes()
+        .chain([0])
+        .chain(id.bytes())
+        .chain([0])
+        .chain(ifname.bytes())
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("veth{:010x}", h & 0xff_ffff_ffff)
+}
+
+fn nat_tag(conf: &BridgeConf, args: &CmdArgs) -> String {
+    nft::tag(&[&args.container_id, &args.ifname, &conf.network])
+}
+
+fn masq_script(conf: &BridgeConf, args: &CmdArgs, ips: &[IpNet]) -> String {
+    let tag = nat_tag(conf, args);
+    let mut s = format!(
+        "add table inet {NAT_TABLE}\nadd chain inet {NAT_TABLE} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}\n"
+    );
+    for ip in ips {
+        let (fam, mcast) = if ip.addr.is_ipv4() {
+            ("ip", "224.0.0.0/4")
+        } else {
+            ("ip6", "ff00::/8")
+        };
+        let net = ip.trunc();
+        s.push_str(&format!(
+            "add rule inet {NAT_TABLE} postrouting {fam} saddr {} {fam} daddr != {net} {fam} daddr != {mcast} masquerade comment \"{tag}\"\n",
+            ip.addr
+        ));
+    }
+    s
+}
+
+struct Bridge;
+
+/// Everything created so far by ADD, undone in reverse on failure.
+#[derive(Default)]
+struct Undo {
+    host_veth: Option<u32>,
+    ipam: bool,
+    nat: bool,
+}
+
+impl Bridge {
+    async fn add_inner(
+        &self,
+        args: &CmdArgs,
+        conf: &BridgeConf,
+        ns: &NetNs,
+        undo: &mut Undo,
+    ) -> Result<CniResult> {
+        let host = Netlink::connect()?;
+        let pod = Netlink::connect_in(ns)?;
+        let br = host.ensure_bridge(&conf.bridge, conf.mtu).await?;
+        if conf.promisc {
+            host.set_promisc(br.index, true).await?;
+        }
+        let veth_name = host_veth_name(&conf.network, &args.container_id, &args.ifname);
+        // A retried ADD finds its own half-built veth: remove it (deleting one end removes both).
+        if let Some(stale) = host.link_by_name(&veth_name).await? {
+            host.del_link(stale.index).await?;
+        }
+        if pod.link_by_name(&args.ifname).await?.is_some() {
+            return Err(CniError::internal(
+                format!(
+                    "interface {} already exists in {}",
+                    args.ifname,
+                    ns.path().display()
+                ),
+                "",
+            ));
+        }
+        host.create_veth(&veth_name, &args.ifname, ns, conf.mtu)
+            .await?;
+        let hv = host.link_by_name(&veth_name).await?.ok_or_else(|| {
+            CniError::internal(format!("veth {veth_name} missing after creation"), "")
+        })?;
+        undo.host_veth = Some(hv.index);
+        host.set_controller(hv.index, br.index).await?;
+        if conf.hairpin {
+            host.set_hairpin(hv.index, true).await?;
+        }
+        host.set_up(hv.index).await?;
+        let pv = pod.link_by_name(&args.ifname).await?.ok_or_else(|| {
+            CniError::internal(format!("{} missing in pod netns", args.ifname), "")
+        })?;
+        pod.set_up(pv.index).await?;
+
+        let mut result = CniResult::default();
+        if let Some(t) = &conf.ipam_type {
+            undo.ipam = true;
+            result = ipam::delegate(args, t, "ADD")?.unwrap_or_default();
+        }
+        let mut routes: Vec<Route> = Vec::new();
+        for ip in &mut result.ips {
+            if conf.is_gateway && ip.gateway.is_none() {
+                ip.gateway = Some(from_bits(
+                    ip.address.addr,
+                    to_bits(ip.address.network()) + 1,
+                ));
+            }
+            ip.interface = Some(2);
+            pod.add_addr(pv.index, ip.address).await?;
+            if let (true, Some(gw)) = (conf.is_gateway, ip.gateway) {
+                host.add_addr(
+                    br.index,
+                    IpNet {
+                        addr: gw,
+                        prefix: ip.address.prefix,
+                    },
+                )
+                .await?;
+                if gw.is_ipv4() {
+                    sysctl::set("net.ipv4.ip_forward", "1")?;
+                } else {
+                    sysctl::set("net.ipv6.conf.all.forwarding", "1")?;
+                }
+            }
+            if let (true, Some(gw)) = (conf.is_default_gateway, ip.gateway) {
+                let any = if gw.is_ipv4() { "0.0.0.0/0" } else { "::/0" };
+                let dst: IpNet = any.parse().expect("static");
+                pod.add_route(pv.index, dst, Some(gw)).await?;
+                routes.push(Route { dst, gw: Some(gw) });
+            }
+        }
+        for r in &result.routes {
+            let gw = r.gw.or_else(|| {
+                result
+                    .ips
+                    .iter()
+                    .find(|i| i.address.addr.is_ipv4() == r.dst.addr.is_ipv4())
+                    .and_then(|i| i.gateway)
+            });
+            if conf.is_default_gateway && r.dst.prefix == 0 {
+                continue; // already installed via the gateway
+            }
+            pod.add_route(pv.index, r.dst, gw).await?;
+            routes.push(Route { dst: r.dst, gw });
+        }
+        if conf.ip_masq && !result.ips.is_empty() {
+            let _lock = nft::lock()?;
+            undo.nat = true;
+            let ips: Vec<IpNet> = result.ips.iter().map(|i| i.address).collect();
+            nft::apply(&masq_script(conf, args, &ips))?;
+        }
+        let brl = host
+            .link_by_index(br.index)
+            .await?
+            .map(|l| l.mac)
+            .unwrap_or_default();
+        let hvl = host
+            .link_by_index(hv.index)
+            .await?
+            .map(|l| l.mac)
+            .unwrap_or_default();
+        let pvl = pod
+            .link_by_index(pv.index)
+            .await?
+            .map(|l| l.mac)
+            .unwrap_or_default();
+        result.interfaces = vec![
+            Interface {
+                name: conf.bridge.clone(),
+                mac: brl,
+                mtu: Some(conf.mtu),
+                sandbox: String::new(),
+            },
+            Interface {
+                name: veth_name,
+                mac: hvl,
+                mtu: Some(conf.mtu),
+                sandbox: String::new(),
+            },
+            Interface {
+                name: args.ifname.clone(),
+                mac: pvl,
+                mtu: Some(conf.mtu),
+                sandbox: ns.path().display().to_string(),
+            },
+        ];
+        result.routes = routes;
+        if result.dns.is_empty() {
+            result.dns = conf.dns.clone();
+        }
+        Ok(result)
+    }
+
+    /// Undo a failed ADD (best effort, errors of the rollback itself are dropped).
+    async fn rollback(&self, args: &CmdArgs, conf: &BridgeConf, undo: Undo) {
+        if undo.nat
+            && let Ok(_lock) = nft::lock()
+        {
+            let _ = nft::delete_tagged("inet", NAT_TABLE, &nat_tag(conf, args));
+        }
+        if undo.ipam
+            && let Some(t) = &conf.ipam_type
+        {
+            let _ = ipam::delegate(args, t, "DEL");
+        }
+        if let (Some(idx), Ok(host)) = (undo.host_veth, Netlink::connect()) {
+            let _ = host.del_link(idx).await;
+        }
+    }
+}
+
+impl Plugin for Bridge {
+    fn add(&self, args: &CmdArgs) -> Result<Value> {
+        let conf = BridgeConf::parse(args)?;
+        let ns = NetNs::open(
+            args.netns
+                .as_deref()
+                .ok_or_else(|| CniError::env("CNI_NETNS", "not set"))?,
+        )?;
+        let rt = runtime()?;
+        rt.block_on(async {
+            let mut undo = Undo::default();
+            match self.add_inner(args, &conf, &ns, &mut undo).await {
+                Ok(r) => Ok(r.to_json(&args.cni_version)),
+                Err(e) => {
+                    self.rollback(args, &conf, undo).await;
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    fn del(&self, args: &CmdArgs) -> Result<()> {
+        let conf = BridgeConf::parse(args)?;
+        if let Some(t) = &conf.ipam_type {
+            ipam::delegate(args, t, "DEL")?;
+        }
+        let rt = runtime()?;
+        rt.block_on(async {
+            // The pod end first (if the netns is still there), then the host end by its
+            // deterministic name; either removes the pair, a missing one is fine.
+            if let Some(path) = &args.netns
+                && let Ok(ns) = NetNs::open(path)
+            {
+                let pod = Netlink::connect_in(&ns)?;
+                if let Some(l) = pod.link_by_name(&args.ifname).await? {
+                    pod.del_link(l.index).await?;
+                }
+            }
+            let host = Netlink::connect()?;
+            let veth = host_veth_name(&conf.network, &args.container_id, &args.ifname);
+            if let Some(l) = host.link_by_name(&veth).await? {
+                host.del_link(l.index).await?;
+            }
+            Ok::<_, CniError>(())
+        })?;
+        if conf.ip_masq {
+            let _lock = nft::lock()?;
+            nft::delete_tagged("inet", NAT_TABLE, &nat_tag(&conf, args))?;
+        }
+        Ok(())
+    }
+
+    fn check(&self, args: &CmdArgs) -> Result<()> {
+        let conf = BridgeConf::parse(args)?;
+        let ns = NetNs::open(
+            args.netns
+                .as_deref()
+                .ok_or_else(|| CniError::env("CNI_NETNS", "not set"))?,
+        )?;
+        if let Some(t) = &conf.ipam_type {
+            ipam::delegate(args, t, "CHECK")?;
+        }
+        runtime()?.block_on(async {
+            let host = Netlink::connect()?;
+            let pod = Netlink::connect_in(&ns)?;
+            let br = host
+                .link_by_name(&conf.bridge)
+                .await?
+                .ok_or_else(|| CniError::internal(format!("bridge {} missing", conf.bridge), ""))?;
+            let veth = host_veth_name(&conf.network, &args.container_id, &args.ifname);
+            let hv = host
+                .link_by_name(&veth)
+                .await?
+                .ok_or_else(|| CniError::internal(format!("veth {veth} missing"), ""))?;
+            if hv.controller != Some(br.index) {
+                return Err(CniError::internal(
+                    format!("veth {veth} is not attached to {}", conf.bridge),
+                    "",
+                ));
+            }
+            pod.link_by_name(&args.ifname).await?.ok_or_else(|| {
+                CniError::internal(format!("{} missing in pod netns", args.ifname), "")
+            })?;
+            Ok(())
+        })
+    }
+
+    fn status(&self, args: &CmdArgs) -> Result<()> {
+        BridgeConf::parse(args).map(drop)
+    }
+}
+
+fn main() {
+    skel::run(&Bridge)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn veth_names_fit_and_are_stable() {
+        let a = host_veth_name("net", "abc", "eth0");
+        assert_eq!(a.len(), 14);
+        assert_eq!(a, host_veth_name("net", "abc", "eth0"));
+        assert_ne!(a, host_veth_name("net", "abc", "eth1"));
+    }
+}
