@@ -1,0 +1,570 @@
+//! Pod networking through criusd, run twice: with crius's own plugins and with Debian's
+//! reference plugins. Traffic stays on this host: loopback, the test bridge and the pods'
+//! network namespaces.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Result;
+use common::CRIUSD;
+use crius_testkit::{Daemon, DaemonOptions};
+use k8s_cri::v1::{
+    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
+    PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, PortMapping, Protocol,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest,
+};
+use tonic::Code;
+
+#[derive(Clone, Copy, Debug)]
+enum Plugins {
+    Crius,
+    Reference,
+}
+
+struct Net {
+    daemon: Daemon,
+    bridge: String,
+    subnet_prefix: String,
+    data_dir: PathBuf,
+    conf_dir: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn rand_u16() -> u16 {
+    let mut b = [0u8; 2];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .unwrap();
+    u16::from_le_bytes(b)
+}
+
+fn conflist(plugins: Plugins, bridge: &str, subnet: &str, data_dir: &Path) -> String {
+    let (lo, br, ipam, pm) = match plugins {
+        Plugins::Crius => (
+            "crius-loopback",
+            "crius-bridge",
+            "crius-host-local",
+            "crius-portmap",
+        ),
+        Plugins::Reference => ("loopback", "bridge", "host-local", "portmap"),
+    };
+    serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": format!("net-{bridge}"),
+        "plugins": [
+            {"type": lo},
+            {"type": br, "bridge": bridge, "isGateway": true, "isDefaultGateway": true, "ipMasq": true,
+             "hairpinMode": true,
+             "ipam": {"type": ipam, "ranges": [[{"subnet": subnet}]], "dataDir": data_dir}},
+            {"type": pm, "capabilities": {"portMappings": true}}
+        ]
+    })
+    .to_string()
+}
+
+impl Net {
+    async fn start(plugins: Plugins) -> Result<Net> {
+        let dir = tempfile::tempdir()?;
+        let n = rand_u16();
+        let bridge = format!("crt{n:04x}");
+        let subnet_prefix = format!("10.{}.{}", 200 + (n % 50), (n >> 8) % 250);
+        let conf_dir = dir.path().join("net.d");
+        let data_dir = dir.path().join("ipam");
+        std::fs::create_dir_all(&conf_dir)?;
+        std::fs::write(
+            conf_dir.join("10-test.conflist"),
+            conflist(
+                plugins,
+                &bridge,
+                &format!("{subnet_prefix}.0/24"),
+                &data_dir,
+            ),
+        )?;
+        let own_plugins = Path::new(CRIUSD).parent().unwrap();
+        let config = format!(
+            "[network]\nconf_dir = \"{}\"\nbin_dirs = [\"{}\", \"/usr/lib/cni\"]\nwrite_default_config = false\n",
+            conf_dir.display(),
+            own_plugins.display()
+        );
+        let daemon = Daemon::start(DaemonOptions::new(CRIUSD).config(config)).await?;
+        Ok(Net {
+            daemon,
+            bridge,
+            subnet_prefix,
+            data_dir,
+            conf_dir,
+            _dir: dir,
+        })
+    }
+
+    async fn run_pod(&self, name: &str, ports: &[(i32, i32)]) -> Result<String, tonic::Status> {
+        let config = PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: name.into(),
+                namespace: "net".into(),
+                uid: format!("uid-{name}"),
+                attempt: 0,
+            }),
+            hostname: name.into(),
+            port_mappings: ports
+                .iter()
+                .map(|(c, h)| PortMapping {
+                    protocol: Protocol::Tcp as i32,
+                    container_port: *c,
+                    host_port: *h,
+                    host_ip: String::new(),
+                })
+                .collect(),
+            linux: Some(LinuxPodSandboxConfig {
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: Some(NamespaceOption {
+                        pid: NamespaceMode::Container as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut rt = self
+            .daemon
+            .runtime()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        rt.run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        })
+        .await
+        .map(|r| r.into_inner().pod_sandbox_id)
+    }
+
+    async fn ip_and_netns(&self, id: &str) -> Result<(String, PathBuf)> {
+        let r = self
+            .daemon
+            .runtime()
+            .await?
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: id.into(),
+                verbose: true,
+            })
+            .await?;
+        let r = r.into_inner();
+        let info: serde_json::Value = serde_json::from_str(&r.info["info"])?;
+        Ok((
+            r.status.unwrap().network.unwrap().ip,
+            PathBuf::from(info["netns"].as_str().unwrap()),
+        ))
+    }
+
+    async fn remove(&self, id: &str) -> Result<()> {
+        let mut rt = self.daemon.runtime().await?;
+        rt.stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })
+        .await?;
+        rt.remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })
+        .await?;
+        Ok(())
+    }
+
+    fn gateway(&self) -> String {
+        format!("{}.1", self.subnet_prefix)
+    }
+
+    /// Nothing of the network left: veths on the bridge, IP allocations, netns files.
+    fn assert_clean(&self) {
+        let out = Command::new("ip")
+            .args(["-o", "link", "show", "master", &self.bridge])
+            .output()
+            .unwrap();
+        let links = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            links.trim().is_empty(),
+            "veths left on {}: {links}",
+            self.bridge
+        );
+        let allocations: Vec<String> = walk_files(&self.data_dir)
+            .into_iter()
+            .filter(|f| {
+                f.file_name()
+                    .is_some_and(|n| n.to_string_lossy().parse::<std::net::IpAddr>().is_ok())
+            })
+            .map(|p| p.display().to_string())
+            .collect();
+        assert!(
+            allocations.is_empty(),
+            "IP allocations left: {allocations:?}"
+        );
+        assert!(
+            common::dir_names(&self.daemon.state().join("netns")).is_empty(),
+            "netns files left"
+        );
+        let rules = Command::new("nft")
+            .args(["list", "ruleset"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        assert!(
+            !rules.contains(&self.subnet_prefix),
+            "nft rules for the test subnet left:\n{rules}"
+        );
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
+    }
+}
+
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk_files(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn ping_from(netns: &Path, ip: &str) -> bool {
+    Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["busybox", "ping", "-c1", "-W2", ip])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// An HTTP server inside the pod's network namespace.
+fn serve_in(netns: &Path, port: u16, dir: &Path) -> Child {
+    std::fs::write(dir.join("index.html"), "hello from the pod\n").unwrap();
+    let child = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args([
+            "python3",
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "0.0.0.0",
+            "--directory",
+        ])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    child
+}
+
+fn http_get(addr: &str) -> Option<String> {
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(3)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+async fn pods_talk_and_host_ports_work(plugins: Plugins) -> Result<()> {
+    let net = Net::start(plugins).await?;
+    let host_port = 30000 + (rand_u16() % 20000);
+    let a = net.run_pod("a", &[(8080, host_port as i32)]).await?;
+    let b = net.run_pod("b", &[]).await?;
+    let (ip_a, ns_a) = net.ip_and_netns(&a).await?;
+    let (ip_b, ns_b) = net.ip_and_netns(&b).await?;
+    assert!(
+        ip_a.starts_with(&net.subnet_prefix) && ip_b.starts_with(&net.subnet_prefix),
+        "{plugins:?}: {ip_a} {ip_b}"
+    );
+    assert_ne!(ip_a, ip_b);
+    assert!(ping_from(&ns_a, &ip_b), "{plugins:?}: pod a reaches pod b");
+    assert!(
+        ping_from(&ns_b, &net.gateway()),
+        "{plugins:?}: pod reaches the host"
+    );
+    let hosts = std::fs::read_to_string(net.daemon.state().join("pods").join(&a).join("hosts"))?;
+    assert!(hosts.contains(&ip_a), "/etc/hosts has the pod IP: {hosts}");
+
+    let www = tempfile::tempdir()?;
+    let mut server = serve_in(&ns_a, 8080, www.path());
+    let direct = http_get(&format!("{ip_a}:8080"));
+    let via_localhost = http_get(&format!("127.0.0.1:{host_port}"));
+    let via_gateway = http_get(&format!("{}:{host_port}", net.gateway()));
+    let from_pod = Command::new("nsenter")
+        .arg(format!("--net={}", ns_b.display()))
+        // Debian's static busybox wget crashes in its resolver; python's urllib does not.
+        .args(["python3", "-c", "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode())"])
+        .arg(format!("http://{}:{host_port}/index.html", net.gateway()))
+        .output()?;
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        direct.is_some_and(|b| b.contains("hello from the pod")),
+        "{plugins:?}: host reaches the pod's port"
+    );
+    assert!(
+        via_localhost.is_some_and(|b| b.contains("hello from the pod")),
+        "{plugins:?}: hostPort via 127.0.0.1"
+    );
+    assert!(
+        via_gateway.is_some_and(|b| b.contains("hello from the pod")),
+        "{plugins:?}: hostPort via a host address"
+    );
+    assert!(
+        String::from_utf8_lossy(&from_pod.stdout).contains("hello from the pod"),
+        "{plugins:?}: hostPort from another pod: {}",
+        String::from_utf8_lossy(&from_pod.stderr)
+    );
+
+    net.remove(&a).await?;
+    net.remove(&b).await?;
+    net.remove(&b).await?; // idempotent
+    assert!(
+        http_get(&format!("127.0.0.1:{host_port}")).is_none(),
+        "port mapping removed"
+    );
+    net.assert_clean();
+    Ok(())
+}
+
+#[tokio::test]
+async fn crius_plugins_pods_talk_and_host_ports_work() -> Result<()> {
+    pods_talk_and_host_ports_work(Plugins::Crius).await
+}
+
+#[tokio::test]
+async fn reference_plugins_pods_talk_and_host_ports_work() -> Result<()> {
+    pods_talk_and_host_ports_work(Plugins::Reference).await
+}
+
+async fn fifty_pods_in_parallel(plugins: Plugins) -> Result<()> {
+    let net = Net::start(plugins).await?;
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let mut rt = net.daemon.runtime().await?;
+        let config = PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: format!("p{i}"),
+                namespace: "net".into(),
+                uid: format!("u{i}"),
+                attempt: 0,
+            }),
+            linux: Some(LinuxPodSandboxConfig {
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: Some(NamespaceOption {
+                        pid: NamespaceMode::Container as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        tasks.push(tokio::spawn(async move {
+            rt.run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(config),
+                runtime_handler: String::new(),
+            })
+            .await
+            .map(|r| r.into_inner().pod_sandbox_id)
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await??);
+    }
+    let mut ips = Vec::new();
+    for id in &ids {
+        ips.push(net.ip_and_netns(id).await?.0);
+    }
+    let distinct: std::collections::BTreeSet<_> = ips.iter().collect();
+    assert_eq!(distinct.len(), 50, "{plugins:?}: 50 distinct IPs: {ips:?}");
+    for id in &ids {
+        net.remove(id).await?;
+    }
+    net.assert_clean();
+    Ok(())
+}
+
+#[tokio::test]
+async fn crius_plugins_fifty_pods_in_parallel() -> Result<()> {
+    fifty_pods_in_parallel(Plugins::Crius).await
+}
+
+#[tokio::test]
+async fn reference_plugins_fifty_pods_in_parallel() -> Result<()> {
+    fifty_pods_in_parallel(Plugins::Reference).await
+}
+
+/// The daemon is killed between ADD and DEL: after a restart the pod is removed cleanly,
+/// with DEL getting the cached config even though the conf dir changed meanwhile.
+#[tokio::test]
+async fn pod_removed_cleanly_after_a_restart_between_add_and_del() -> Result<()> {
+    let mut net = Net::start(Plugins::Crius).await?;
+    let id = net.run_pod("survivor", &[(80, 31080)]).await?;
+    net.daemon.kill9();
+    std::fs::write(net.conf_dir.join("10-test.conflist"), "{ broken")?;
+    net.daemon.restart().await?;
+    let (ip, _) = net.ip_and_netns(&id).await?;
+    assert!(
+        ip.starts_with(&net.subnet_prefix),
+        "the pod keeps its IP across the restart: {ip}"
+    );
+    net.remove(&id).await?;
+    net.assert_clean();
+    Ok(())
+}
+
+#[tokio::test]
+async fn broken_config_missing_plugin_and_failing_plugin_leave_nothing() -> Result<()> {
+    let net = Net::start(Plugins::Crius).await?;
+    let conf = net.conf_dir.join("10-test.conflist");
+    let good = std::fs::read_to_string(&conf)?;
+
+    std::fs::write(&conf, "{ broken")?;
+    let err = net
+        .run_pod("broken", &[])
+        .await
+        .expect_err("broken conflist");
+    assert!(
+        err.message().contains("10-test.conflist"),
+        "names the file: {}",
+        err.message()
+    );
+
+    let missing = good.replace("\"crius-portmap\"", "\"crius-no-such-plugin\"");
+    std::fs::write(&conf, missing)?;
+    let err = net
+        .run_pod("missing", &[])
+        .await
+        .expect_err("missing plugin");
+    assert!(
+        err.message().contains("crius-no-such-plugin"),
+        "names the plugin: {}",
+        err.message()
+    );
+
+    // A plugin that fails after the bridge did its part: the bridge's work is undone.
+    let bin = tempfile::tempdir()?;
+    let failing = bin.path().join("crius-test-fail");
+    std::fs::write(
+        &failing,
+        "#!/bin/sh\ncat >/dev/null\nif [ \"$CNI_COMMAND\" = ADD ]; then\n  echo '{\"cniVersion\":\"1.0.0\",\"code\":11,\"msg\":\"test plugin refuses\",\"details\":\"on purpose\"}'\n  exit 1\nfi\necho '{}'\n",
+    )?;
+    std::fs::set_permissions(
+        &failing,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    let mut list: serde_json::Value = serde_json::from_str(&good)?;
+    list["plugins"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"type": "crius-test-fail"}));
+    std::fs::write(&conf, list.to_string())?;
+    let config = format!(
+        "[network]\nconf_dir = \"{}\"\nbin_dirs = [\"{}\", \"{}\"]\nwrite_default_config = false\n",
+        net.conf_dir.display(),
+        Path::new(CRIUSD).parent().unwrap().display(),
+        bin.path().display()
+    );
+    let mut net = net;
+    net.daemon.set_config(&config)?;
+    net.daemon.kill9();
+    net.daemon.restart().await?;
+    let err = net
+        .run_pod("failing", &[])
+        .await
+        .expect_err("failing plugin");
+    assert!(
+        err.message().contains("test plugin refuses") && err.message().contains("on purpose"),
+        "verbatim: {}",
+        err.message()
+    );
+    assert_ne!(err.code(), Code::Ok);
+
+    let pods = net
+        .daemon
+        .runtime()
+        .await?
+        .list_pod_sandbox(k8s_cri::v1::ListPodSandboxRequest::default())
+        .await?
+        .into_inner()
+        .items;
+    assert!(pods.is_empty(), "no half-built pods");
+    net.assert_clean();
+    Ok(())
+}
+
+#[tokio::test]
+async fn host_network_pods_skip_cni_and_see_host_interfaces() -> Result<()> {
+    let net = Net::start(Plugins::Crius).await?;
+    let config = PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: "hostnet".into(),
+            namespace: "net".into(),
+            uid: "h".into(),
+            attempt: 0,
+        }),
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: NamespaceMode::Node as i32,
+                    pid: NamespaceMode::Container as i32,
+                    ipc: NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut rt = net.daemon.runtime().await?;
+    let id = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    let st = rt
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: id.clone(),
+            verbose: false,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        st.status.unwrap().network.unwrap().ip,
+        "",
+        "no pod IP for host-network pods"
+    );
+    assert!(
+        walk_files(&net.data_dir).is_empty(),
+        "IPAM was never called"
+    );
+    net.remove(&id).await?;
+    Ok(())
+}
