@@ -351,3 +351,25 @@ async fn network_condition(d: &Daemon) -> Result<k8s_cri::v1::RuntimeCondition> 
         .find(|c| c.r#type == "NetworkReady")
         .unwrap())
 }
+
+/// With an empty conf dir and write_default_config, criusd writes crius's default network
+/// (its own plugins, found next to criusd) and reports the network ready.
+#[tokio::test]
+async fn default_network_config_is_written_to_an_empty_conf_dir() -> Result<()> {
+    let conf = tempfile::tempdir()?;
+    let own_plugins = Path::new(CRIUSD).parent().unwrap();
+    let config = format!(
+        "[network]\nconf_dir = \"{}\"\nbin_dirs = [\"{}\"]\nwrite_default_config = true\n",
+        conf.path().display(),
+        own_plugins.display()
+    );
+    let d = Daemon::start(DaemonOptions::new(CRIUSD).config(config)).await?;
+    let written = std::fs::read_to_string(conf.path().join("10-crius.conflist"))?;
+    assert!(
+        written.contains("crius-bridge") && written.contains("crius-host-local"),
+        "{written}"
+    );
+    let n = network_condition(&d).await?;
+    assert!(n.status, "the default network is ready: {n:?}");
+    Ok(())
+}

@@ -568,3 +568,34 @@ async fn host_network_pods_skip_cni_and_see_host_interfaces() -> Result<()> {
     net.remove(&id).await?;
     Ok(())
 }
+
+/// UpdateRuntimeConfig's pod CIDR reaches plugins that declare the ipRanges capability.
+#[tokio::test]
+async fn pod_cidr_from_update_runtime_config_is_used() -> Result<()> {
+    let net = Net::start(Plugins::Crius).await?;
+    let conf = net.conf_dir.join("10-test.conflist");
+    let mut list: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&conf)?)?;
+    list["plugins"][1]["capabilities"] = serde_json::json!({"ipRanges": true});
+    std::fs::write(&conf, list.to_string())?;
+    let cidr_prefix = format!("{}.{}", net.subnet_prefix.rsplit_once('.').unwrap().0, 251);
+    net.daemon
+        .runtime()
+        .await?
+        .update_runtime_config(k8s_cri::v1::UpdateRuntimeConfigRequest {
+            runtime_config: Some(k8s_cri::v1::RuntimeConfig {
+                network_config: Some(k8s_cri::v1::NetworkConfig {
+                    pod_cidr: format!("{cidr_prefix}.0/24"),
+                }),
+            }),
+        })
+        .await?;
+    let id = net.run_pod("cidr", &[]).await?;
+    let (ip, _) = net.ip_and_netns(&id).await?;
+    assert!(
+        ip.starts_with(&format!("{cidr_prefix}.")),
+        "pod IP {ip} from the pod CIDR {cidr_prefix}.0/24"
+    );
+    net.remove(&id).await?;
+    net.assert_clean();
+    Ok(())
+}

@@ -2,7 +2,11 @@
 //! real criusd, then the memory (RSS and PSS) of criusd and of the per-pod monitors with 20
 //! pods running a container each.
 //!
+//! With `--network bridge` pods get crius's bridge network (its plugins next to criusd);
+//! the default is a loopback-only network, which isolates the runtime's own cost.
+//!
 //! Usage: crius-bench-lifecycle --criusd <path> [--iterations 100] [--pods 20] [--runtime runc]
+//!        [--network loopback|bridge]
 
 #![allow(clippy::print_stdout)]
 
@@ -107,6 +111,7 @@ fn pids_named(name: &str) -> Vec<i32> {
 async fn main() -> Result<()> {
     let mut criusd = std::env::var_os("CRIUSD").map(PathBuf::from);
     let (mut iterations, mut pods, mut runtime) = (100usize, 20usize, "runc".to_string());
+    let mut network = "loopback".to_string();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| usage());
@@ -115,6 +120,7 @@ async fn main() -> Result<()> {
             "--iterations" => iterations = value().parse().unwrap_or_else(|_| usage()),
             "--pods" => pods = value().parse().unwrap_or_else(|_| usage()),
             "--runtime" => runtime = value(),
+            "--network" => network = value(),
             _ => usage(),
         }
     }
@@ -149,7 +155,9 @@ async fn main() -> Result<()> {
         })
         .await?;
 
-    println!("criusd lifecycle benchmark: {iterations} iterations, runtime {runtime}");
+    println!(
+        "criusd lifecycle benchmark: {iterations} iterations, runtime {runtime}, network {network}"
+    );
     let mut times: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
     macro_rules! timed {
         ($name:literal, $call:expr) => {{
@@ -219,7 +227,41 @@ async fn main() -> Result<()> {
         );
     }
 
-    // Memory with `pods` pods running one container each.
+    // `pods` pods started in parallel (RunPodSandbox only), then memory with each running a
+    // container.
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..pods {
+        let mut rt = daemon.runtime().await?;
+        let handler = runtime.clone();
+        tasks.push(tokio::spawn(async move {
+            rt.run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(pod_config(20_000 + i)),
+                runtime_handler: handler,
+            })
+            .await
+            .map(|r| r.into_inner().pod_sandbox_id)
+        }));
+    }
+    let mut parallel = Vec::new();
+    for t in tasks {
+        parallel.push(t.await??);
+    }
+    println!(
+        "\n{pods} pods started in parallel: {:.1} ms wall time",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    for pod in parallel {
+        rt.stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await?;
+        rt.remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await?;
+    }
+
     let mut running = Vec::new();
     for i in 0..pods {
         let cfg = pod_config(10_000 + i);
