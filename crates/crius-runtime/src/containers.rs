@@ -24,6 +24,7 @@ use crate::error::{RuntimeError, invalid, io_err};
 use crate::ids::{new_id, resolve};
 use crate::pods::PodManager;
 use crate::record::{PodRecord, PodState};
+use crate::rollback::Rollback;
 use crate::rootfs;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,6 +187,16 @@ impl ContainerManager {
         self.opts.root_dir.join(format!("{id}.json"))
     }
 
+    /// The OCI runtime binary of a runtime handler.
+    fn runtime_path(&self, handler: &str) -> Result<PathBuf, RuntimeError> {
+        self.opts.handlers.get(handler).cloned().ok_or_else(|| {
+            invalid(
+                "runtime_handler",
+                format!("unknown runtime handler {handler:?}"),
+            )
+        })
+    }
+
     fn save(&self, c: &ContainerRecord) -> Result<(), RuntimeError> {
         write_json(&self.record_path(&c.id), c)?;
         self.lock().insert(c.id.clone(), c.clone());
@@ -274,7 +285,7 @@ impl ContainerManager {
         let layer_dir = self.opts.root_dir.join(&id);
         let bundle = self.opts.state_dir.join(&id);
         let rootfs = bundle.join("rootfs");
-        let undo = Undo::default();
+        let mut undo = Rollback::default();
         for d in [
             layer_dir.join("upper"),
             layer_dir.join("work"),
@@ -330,17 +341,7 @@ impl ContainerManager {
             }
         }
 
-        let handler_path = self
-            .opts
-            .handlers
-            .get(&pod.runtime_handler)
-            .cloned()
-            .ok_or_else(|| {
-                invalid(
-                    "runtime_handler",
-                    format!("unknown runtime handler {:?}", pod.runtime_handler),
-                )
-            })?;
+        let handler_path = self.runtime_path(&pod.runtime_handler)?;
         let spec = crius_oci::container_spec(&SpecInput {
             container: &config,
             sandbox: &sandbox,
@@ -748,17 +749,7 @@ impl ContainerManager {
                 source: e,
             }
         })?;
-        let path = self
-            .opts
-            .handlers
-            .get(&c.runtime_handler)
-            .cloned()
-            .ok_or_else(|| {
-                invalid(
-                    "runtime_handler",
-                    format!("unknown runtime handler {:?}", c.runtime_handler),
-                )
-            })?;
+        let path = self.runtime_path(&c.runtime_handler)?;
         let runtime = crius_oci::CliRuntime::new(
             c.runtime_handler.clone(),
             path,
@@ -909,30 +900,6 @@ pub fn signal_number(name: &str) -> Option<i32> {
         _ => return None,
     };
     Some(sig)
-}
-
-#[derive(Default)]
-struct Undo(Mutex<Vec<Box<dyn FnOnce() + Send>>>);
-
-impl Undo {
-    fn push(&self, f: impl FnOnce() + Send + 'static) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Box::new(f));
-    }
-    fn disarm(&self) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
-    }
-}
-
-impl Drop for Undo {
-    fn drop(&mut self) {
-        let mut steps = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(f) = steps.pop() {
-            f();
-        }
-    }
 }
 
 #[cfg(test)]

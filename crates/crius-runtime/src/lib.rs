@@ -19,6 +19,7 @@ mod network;
 mod ops;
 mod pods;
 mod record;
+mod rollback;
 mod rootfs;
 
 pub use containers::{

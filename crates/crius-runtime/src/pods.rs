@@ -15,6 +15,7 @@ use crate::ids::{new_id, resolve};
 use crate::network::PodNetwork;
 use crate::ops::SandboxOps;
 use crate::record::{PodRecord, PodState, name_key};
+use crate::rollback::Rollback;
 
 /// The size of a pod's /dev/shm when nothing else is asked for (as Docker and containerd).
 pub const DEFAULT_SHM_SIZE: u64 = 64 * 1024 * 1024;
@@ -47,26 +48,6 @@ pub struct PodManager {
     /// Serialises work on one pod (by id) or one pod name (while it is being created), so a
     /// retried RunPodSandbox waits for the first and then finds its pod.
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
-}
-
-/// Undo steps of a half-built pod, run newest first unless disarmed.
-struct Rollback(Vec<Box<dyn FnOnce() + Send>>);
-
-impl Rollback {
-    fn push(&mut self, f: impl FnOnce() + Send + 'static) {
-        self.0.push(Box::new(f));
-    }
-    fn disarm(mut self) {
-        self.0.clear();
-    }
-}
-
-impl Drop for Rollback {
-    fn drop(&mut self) {
-        while let Some(f) = self.0.pop() {
-            f();
-        }
-    }
 }
 
 impl PodManager {
@@ -182,7 +163,7 @@ impl PodManager {
 
         let id = new_id();
         let dir = self.opts.state_dir.join("pods").join(&id);
-        let mut undo = Rollback(Vec::new());
+        let mut undo = Rollback::default();
         create_dir_all(&dir, 0o711)?;
         let d = dir.clone();
         undo.push(move || {
