@@ -315,9 +315,10 @@ async fn pods_talk_and_host_ports_work(plugins: Plugins) -> Result<()> {
         // Debian's static busybox wget crashes in its resolver; python's urllib does not.
         .args(["python3", "-c", "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode())"])
         .arg(format!("http://{}:{host_port}/index.html", net.gateway()))
-        .output()?;
+        .output();
     let _ = server.kill();
     let _ = server.wait();
+    let from_pod = from_pod?;
     assert!(
         direct.is_some_and(|b| b.contains("hello from the pod")),
         "{plugins:?}: host reaches the pod's port"

@@ -28,7 +28,7 @@
 //! |--------------|------------------------------------------------------------------------------|
 //! | `create`     | `id bundle runtime root log stdin stdin_once tty exit_dir`                   |
 //! | `start`      | `id`                                                                         |
-//! | `exec`       | `id arg* env* cwd uid gid gids* tty timeout_ms`                              |
+//! | `exec`       | `id arg* env* cwd uid gid gids* tty timeout_ms nnp`                          |
 //! | `kill`       | `id signal all`                                                              |
 //! | `delete`     | `id force`                                                                   |
 //! | `reopen-log` | `id`                                                                         |
@@ -103,6 +103,9 @@ pub struct ExecRequest {
     pub tty: bool,
     /// 0 means no timeout.
     pub timeout_ms: u64,
+    /// The container's `noNewPrivileges`: an exec must not gain privileges its container
+    /// could not (setuid binaries).
+    pub no_new_privileges: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -462,7 +465,9 @@ impl Request {
                 for g in &e.user.additional_gids {
                     l.num("gids", g);
                 }
-                l.flag("tty", e.tty).num("timeout_ms", e.timeout_ms);
+                l.flag("tty", e.tty)
+                    .num("timeout_ms", e.timeout_ms)
+                    .flag("nnp", e.no_new_privileges);
                 l.finish()
             }
             Request::Kill { id, signal, all } => {
@@ -524,6 +529,7 @@ impl Request {
                 },
                 tty: f.flag("tty"),
                 timeout_ms: f.num("timeout_ms")?,
+                no_new_privileges: f.flag("nnp"),
             }),
             b"kill" => Request::Kill {
                 id: f.string("id")?,
@@ -712,6 +718,7 @@ mod tests {
             },
             tty: false,
             timeout_ms: 500,
+            no_new_privileges: true,
         }));
         roundtrip_req(Request::Kill {
             id: "x".into(),

@@ -48,6 +48,7 @@ fn exec_req(id: &str, argv: &[&str], timeout_ms: u64) -> ExecRequest {
         user: User::default(),
         tty: false,
         timeout_ms,
+        no_new_privileges: false,
     }
 }
 

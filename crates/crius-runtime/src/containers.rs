@@ -348,7 +348,7 @@ impl ContainerManager {
             sandbox_id: &pod.id,
             image: &image_config,
             rootfs: &rootfs,
-            namespaces: namespaces(&pod, &config)?,
+            namespaces: namespaces(&pod, &config, |id| self.refresh(&self.get(id)?.id))?,
             cgroups_path: cgroups_path(&pod, &id),
             pod_files: PodFiles {
                 hostname: Some(pod.hostname_file.clone()),
@@ -695,6 +695,7 @@ impl ContainerManager {
                 user,
                 tty: false,
                 timeout_ms: timeout.as_millis() as u64,
+                no_new_privileges: process["noNewPrivileges"].as_bool().unwrap_or(false),
             })
             .map_err(|e| RuntimeError::Monitor {
                 id: c.id.clone(),
@@ -791,15 +792,20 @@ impl ContainerManager {
     }
 }
 
-fn namespaces(pod: &PodRecord, config: &ContainerConfig) -> Result<PodNamespaces, RuntimeError> {
+/// The container's namespaces. `target` resolves the TARGET pid mode: a running container of
+/// the same pod whose PID namespace is joined.
+fn namespaces(
+    pod: &PodRecord,
+    config: &ContainerConfig,
+    target: impl Fn(&str) -> Result<ContainerRecord, RuntimeError>,
+) -> Result<PodNamespaces, RuntimeError> {
     let src = |p: &Option<PathBuf>| p.clone().map(NsSource::Path).unwrap_or(NsSource::Host);
-    let pid_mode = config
+    let options = config
         .linux
         .as_ref()
         .and_then(|l| l.security_context.as_ref())
-        .and_then(|s| s.namespace_options.as_ref())
-        .map(|n| n.pid)
-        .unwrap_or(NamespaceMode::Container as i32);
+        .and_then(|s| s.namespace_options.as_ref());
+    let pid_mode = options.map(|n| n.pid).unwrap_or(NamespaceMode::Container as i32);
     let pid = match NamespaceMode::try_from(pid_mode) {
         Ok(NamespaceMode::Pod) => match &pod.namespaces.pid {
             Some(p) => NsSource::Path(p.clone()),
@@ -812,6 +818,21 @@ fn namespaces(pod: &PodRecord, config: &ContainerConfig) -> Result<PodNamespaces
         },
         Ok(NamespaceMode::Node) => NsSource::Host,
         Ok(NamespaceMode::Container) => NsSource::New,
+        Ok(NamespaceMode::Target) => {
+            let field = "config.linux.security_context.namespace_options.target_id";
+            let id = options.map(|n| n.target_id.as_str()).unwrap_or_default();
+            if id.is_empty() {
+                return Err(invalid(field, "must name a container for the TARGET pid mode"));
+            }
+            let t = target(id)?;
+            if t.pod_id != pod.id {
+                return Err(invalid(field, format!("container {} is not in pod {}", t.id, pod.id)));
+            }
+            if t.state != ContainerState::Running || t.pid == 0 {
+                return Err(RuntimeError::WrongState { id: t.id, state: format!("{:?}", t.state), wanted: "Running" });
+            }
+            NsSource::Path(PathBuf::from(format!("/proc/{}/ns/pid", t.pid)))
+        }
         _ => {
             return Err(invalid(
                 "config.linux.security_context.namespace_options.pid",

@@ -1114,6 +1114,50 @@ pub fn hardlink_escape_image() -> Image {
     })
 }
 
+/// Source of the setuid probe: prints the real and effective uid, `<ruid> <euid>`.
+const SETUID_PROBE_C: &str = r#"#include <stdio.h>
+#include <unistd.h>
+int main(void) { printf("%d %d\n", (int)getuid(), (int)geteuid()); return 0; }
+"#;
+
+/// Busybox plus `/bin/suid-probe`, a static C program installed setuid root (mode 04755)
+/// printing `<ruid> <euid>`. Run as uid 1000 it prints `1000 0` when the setuid bit takes
+/// effect and `1000 1000` under no_new_privs. (A setuid copy of busybox does not work as a
+/// probe: Debian's busybox drops the effective uid for applets such as `id`.) Built with the
+/// host's `gcc -static` (Debian: gcc and libc6-dev). Its `/etc/group` also makes `user`
+/// (1000) a member of `probe` (4000), for the supplemental-groups policy.
+pub fn setuid_probe_image() -> Image {
+    let dir = tempfile::tempdir().expect("temp dir for the setuid probe");
+    let src = dir.path().join("probe.c");
+    let bin = dir.path().join("probe");
+    std::fs::write(&src, SETUID_PROBE_C).expect("writing probe.c");
+    let out = Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .output()
+        .expect("running gcc (the setuid probe needs gcc and libc6-dev)");
+    assert!(
+        out.status.success(),
+        "gcc -static probe.c: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let probe = std::fs::read(&bin).expect("reading the compiled probe");
+    let mut l = LayerBuilder::new();
+    l.dir("bin")
+        .file_with("bin/suid-probe", &probe, EntryMeta::mode(0o4755))
+        .dir("etc")
+        .file(
+            "etc/group",
+            b"root:x:0:\nnobody:x:65534:\nuser:x:1000:\nprobe:x:4000:user\n",
+        );
+    ImageBuilder::new(Format::Oci)
+        .layer(busybox_layer(Compression::Gzip))
+        .layer(l.build(Compression::Gzip))
+        .cmd(&["sh"])
+        .build()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -64,6 +64,84 @@ pub(super) fn container_devices(c: &ContainerConfig) -> Result<Vec<Device>, Spec
     Ok(out)
 }
 
+/// Directories of /dev that are not device nodes of the host (containerd skips the same).
+const HOST_DEV_SKIP: [&str; 7] = ["pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"];
+
+/// Privileged containers: every device node under the host's /dev, after the requested ones
+/// (which win on a path clash). /dev/console is the container's own terminal, never the host's.
+pub(super) fn with_host_devices(mut devices: Vec<Device>) -> Result<Vec<Device>, SpecError> {
+    let mut found = Vec::new();
+    walk_dev(std::path::Path::new("/dev"), &mut found)?;
+    for device in found {
+        if devices.iter().any(|d| d.device.path() == device.path()) {
+            continue;
+        }
+        devices.push(Device {
+            device,
+            access: "rwm".to_string(),
+        });
+    }
+    Ok(devices)
+}
+
+fn walk_dev(dir: &std::path::Path, out: &mut Vec<LinuxDevice>) -> Result<(), SpecError> {
+    let io = |op, source| SpecError::Io {
+        op,
+        path: dir.to_path_buf(),
+        source,
+    };
+    let entries = std::fs::read_dir(dir).map_err(|e| io("read host devices", e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| io("read host devices", e))?;
+        let path = entry.path();
+        // Vanishing entries (a device unplugged meanwhile) are skipped, not fatal.
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            let name = entry.file_name();
+            if dir == std::path::Path::new("/dev")
+                && HOST_DEV_SKIP
+                    .iter()
+                    .any(|s| name == std::ffi::OsStr::new(s))
+            {
+                continue;
+            }
+            walk_dev(&path, out)?;
+            continue;
+        }
+        if path == std::path::Path::new("/dev/console") {
+            continue;
+        }
+        let typ = if ft.is_char_device() {
+            LinuxDeviceType::C
+        } else if ft.is_block_device() {
+            LinuxDeviceType::B
+        } else {
+            continue;
+        };
+        let rdev = meta.rdev();
+        out.push(
+            LinuxDeviceBuilder::default()
+                .path(&path)
+                .typ(typ)
+                .major(nix::sys::stat::major(rdev) as i64)
+                .minor(nix::sys::stat::minor(rdev) as i64)
+                .file_mode(meta.mode() & 0o777)
+                .uid(meta.uid())
+                .gid(meta.gid())
+                .build()?,
+        );
+    }
+    Ok(())
+}
+
+/// Privileged containers: the device cgroup allows everything.
+pub(super) fn allow_all_rules() -> Vec<LinuxDeviceCgroup> {
+    vec![rule(true, None, None, None, "rwm")]
+}
+
 fn rule(
     allow: bool,
     typ: Option<LinuxDeviceType>,
@@ -156,6 +234,23 @@ mod tests {
         std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
         let devs = container_devices(&config(link.to_str().unwrap(), "rwm")).unwrap();
         assert_eq!((devs[0].device.major(), devs[0].device.minor()), (1, 5));
+    }
+
+    #[test]
+    fn host_devices_for_privileged() {
+        let requested = container_devices(&config("/dev/zero", "r")).unwrap();
+        let all = with_host_devices(requested).unwrap();
+        assert_eq!(
+            all[0].access, "r",
+            "the requested device comes first and wins"
+        );
+        let paths: Vec<_> = all.iter().map(|d| d.device.path().clone()).collect();
+        assert!(paths.iter().any(|p| p.to_str() == Some("/dev/null")));
+        assert!(!paths.iter().any(|p| p.starts_with("/dev/pts")));
+        assert!(!paths.iter().any(|p| p.to_str() == Some("/dev/console")));
+        let rules = allow_all_rules();
+        assert!(rules[0].allow() && rules[0].typ().is_none());
+        assert_eq!(rules[0].access().as_deref(), Some("rwm"));
     }
 
     #[test]

@@ -3,10 +3,12 @@
 
 mod devices;
 mod image;
+mod lsm;
 mod mounts;
 mod namespaces;
 mod process;
 mod resources;
+mod seccomp;
 mod security;
 mod user;
 
@@ -20,6 +22,7 @@ use oci_spec::runtime::{LinuxBuilder, ProcessBuilder, RootBuilder, Spec, SpecBui
 use crate::runtime::RuntimeFeatures;
 
 pub use image::ImageConfig;
+pub use lsm::HostLsm;
 pub use process::exec_process;
 pub use resources::linux_resources;
 
@@ -162,7 +165,7 @@ pub fn container_spec(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
     let env = process::env(c, input.image, &input.hostname);
     let cwd = process::cwd(c, input.image)?;
     let user = user::resolve(input.rootfs, sc, &input.image.user)?;
-    let security = security::container_security(sc)?;
+    let security = security::container_security(sc, input.sandbox, HostLsm::detect())?;
     let mut res = resources::container_resources(
         linux_cfg.and_then(|l| l.resources.as_ref()),
         input.features,
@@ -171,8 +174,11 @@ pub fn container_spec(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
         linux_cfg.and_then(|l| l.resources.as_ref()),
         input.oom_score_adj_floor,
     )?;
-    let devs = devices::container_devices(c)?;
-    let mounts = mounts::container_mounts(input, security.readonly_rootfs)?;
+    let mut devs = devices::container_devices(c)?;
+    if security.privileged {
+        devs = devices::with_host_devices(devs)?;
+    }
+    let mounts = mounts::container_mounts(input, security.readonly_rootfs, security.privileged)?;
 
     let mut process = ProcessBuilder::default()
         .terminal(c.tty)
@@ -183,11 +189,16 @@ pub fn container_spec(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
         .capabilities(security.capabilities)
         .no_new_privileges(security.no_new_privileges)
         .build()?;
+    process.set_apparmor_profile(security.apparmor_profile);
     process.set_oom_score_adj(oom_score_adj);
     // ProcessBuilder's default has none, but be explicit: the runtime's defaults apply.
     process.set_rlimits(None);
 
-    res.set_devices(Some(devices::cgroup_rules(&devs)));
+    res.set_devices(Some(if security.privileged {
+        devices::allow_all_rules()
+    } else {
+        devices::cgroup_rules(&devs)
+    }));
 
     let mut linux = LinuxBuilder::default()
         .namespaces(namespaces::oci_namespaces(&input.namespaces))
@@ -197,6 +208,7 @@ pub fn container_spec(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
         .masked_paths(security.masked_paths)
         .readonly_paths(security.readonly_paths)
         .build()?;
+    linux.set_seccomp(security.seccomp);
     if let Some(p) = mounts.rootfs_propagation {
         linux.set_rootfs_propagation(Some(p.to_string()));
     }

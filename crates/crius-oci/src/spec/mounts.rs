@@ -27,8 +27,10 @@ fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount,
         .build()?)
 }
 
-/// containerd's default set. `/dev/shm` is added separately, from the pod.
-fn default_mounts() -> Result<Vec<Mount>, SpecError> {
+/// containerd's default set. `/dev/shm` is added separately, from the pod. Privileged
+/// containers get sysfs and the cgroup filesystem read-write.
+fn default_mounts(privileged: bool) -> Result<Vec<Mount>, SpecError> {
+    let sys_mode = if privileged { "rw" } else { "ro" };
     Ok(vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
         mount(
@@ -60,13 +62,13 @@ fn default_mounts() -> Result<Vec<Mount>, SpecError> {
             "/sys",
             "sysfs",
             "sysfs",
-            &["nosuid", "noexec", "nodev", "ro"],
+            &["nosuid", "noexec", "nodev", sys_mode],
         )?,
         mount(
             "/sys/fs/cgroup",
             "cgroup",
             "cgroup",
-            &["nosuid", "noexec", "nodev", "relatime", "ro"],
+            &["nosuid", "noexec", "nodev", "relatime", sys_mode],
         )?,
     ])
 }
@@ -98,6 +100,7 @@ fn clean(p: &str) -> String {
 pub(super) fn container_mounts(
     input: &SpecInput<'_>,
     readonly_rootfs: bool,
+    privileged: bool,
 ) -> Result<Mounts, SpecError> {
     let cri = &input.container.mounts;
     let mut taken: HashSet<String> = cri.iter().map(|m| clean(&m.container_path)).collect();
@@ -129,7 +132,7 @@ pub(super) fn container_mounts(
     }
 
     // Defaults a volume overrides are dropped; a volume on /dev replaces everything below it.
-    let mut mounts: Vec<Mount> = default_mounts()?
+    let mut mounts: Vec<Mount> = default_mounts(privileged)?
         .into_iter()
         .filter(|m| {
             let dest = m.destination().to_string_lossy().into_owned();

@@ -424,3 +424,106 @@ fn sysctls_user_devices_and_annotations() {
     );
     assert_eq!(spec.annotations().as_ref().unwrap()["mine"], "1");
 }
+
+fn security_context(f: &mut Fixture, sc: k8s_cri::v1::LinuxContainerSecurityContext) {
+    f.container.linux = Some(LinuxContainerConfig {
+        security_context: Some(sc),
+        ..Default::default()
+    });
+}
+
+#[test]
+fn unprivileged_defaults_in_the_spec() {
+    let f = Fixture::new();
+    let spec = container_spec(&f.input()).unwrap();
+    let linux = spec.linux().as_ref().unwrap();
+    assert!(linux.seccomp().is_none(), "no seccomp field: unconfined");
+    assert!(options(find(&spec, "/sys").unwrap()).contains(&"ro".to_string()));
+    assert!(options(find(&spec, "/sys/fs/cgroup").unwrap()).contains(&"ro".to_string()));
+    assert!(
+        linux
+            .readonly_paths()
+            .as_ref()
+            .unwrap()
+            .contains(&"/proc/sys".to_string())
+    );
+    let rules = linux
+        .resources()
+        .as_ref()
+        .unwrap()
+        .devices()
+        .clone()
+        .unwrap();
+    assert!(!rules[0].allow(), "deny-all device rule first");
+    let process = spec.process().as_ref().unwrap();
+    assert_eq!(process.no_new_privileges(), Some(false));
+    assert!(process.apparmor_profile().is_none());
+}
+
+#[test]
+#[allow(deprecated)]
+fn privileged_spec() {
+    let mut f = Fixture::new();
+    security_context(
+        &mut f,
+        k8s_cri::v1::LinuxContainerSecurityContext {
+            privileged: true,
+            seccomp_profile_path: "runtime/default".into(),
+            ..Default::default()
+        },
+    );
+    let err = container_spec(&f.input()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert!(err.to_string().contains(".privileged"), "{err}");
+
+    f.sandbox.linux = Some(LinuxPodSandboxConfig {
+        security_context: Some(k8s_cri::v1::LinuxSandboxSecurityContext {
+            privileged: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let spec = container_spec(&f.input()).unwrap();
+    let linux = spec.linux().as_ref().unwrap();
+    assert!(linux.seccomp().is_none());
+    assert!(linux.masked_paths().as_ref().unwrap().is_empty());
+    assert!(linux.readonly_paths().as_ref().unwrap().is_empty());
+    for m in ["/sys", "/sys/fs/cgroup"] {
+        let o = options(find(&spec, m).unwrap());
+        assert!(
+            o.contains(&"rw".to_string()) && !o.contains(&"ro".to_string()),
+            "{m}"
+        );
+    }
+    let devices = linux.devices().as_ref().unwrap();
+    assert!(devices.iter().any(|d| d.path() == Path::new("/dev/null")));
+    let rules = linux
+        .resources()
+        .as_ref()
+        .unwrap()
+        .devices()
+        .clone()
+        .unwrap();
+    assert_eq!(rules.len(), 1);
+    assert!(rules[0].allow() && rules[0].typ().is_none());
+}
+
+#[test]
+fn seccomp_and_no_new_privs_in_the_spec() {
+    let mut f = Fixture::new();
+    security_context(
+        &mut f,
+        k8s_cri::v1::LinuxContainerSecurityContext {
+            seccomp: Some(k8s_cri::v1::SecurityProfile {
+                profile_type: k8s_cri::v1::security_profile::ProfileType::RuntimeDefault as i32,
+                localhost_ref: String::new(),
+            }),
+            no_new_privs: true,
+            ..Default::default()
+        },
+    );
+    let spec = container_spec(&f.input()).unwrap();
+    let json = serde_json::to_value(&spec).unwrap();
+    assert_eq!(json["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
+    assert_eq!(json["process"]["noNewPrivileges"], true);
+}

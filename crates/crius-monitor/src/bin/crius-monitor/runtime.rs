@@ -61,6 +61,9 @@ pub fn exec_process_json(req: &ExecRequest) -> String {
     json_strings(&mut s, &req.env);
     s.push_str(",\"cwd\":");
     json_string(&mut s, if req.cwd.is_empty() { "/" } else { &req.cwd });
+    if req.no_new_privileges {
+        s.push_str(",\"noNewPrivileges\":true");
+    }
     s.push('}');
     s
 }
@@ -113,10 +116,13 @@ mod tests {
             },
             tty: false,
             timeout_ms: 0,
+            no_new_privileges: false,
         };
         assert_eq!(
             exec_process_json(&req),
             r#"{"terminal":false,"user":{"uid":1,"gid":2,"additionalGids":[3,4]},"args":["sh","-c","echo \"a\\b\"\n\u0001"],"env":["PATH=/bin"],"cwd":"/"}"#
         );
+        let nnp = ExecRequest { no_new_privileges: true, argv: vec!["id".into()], ..req };
+        assert!(exec_process_json(&nnp).ends_with(r#""cwd":"/","noNewPrivileges":true}"#));
     }
 }
