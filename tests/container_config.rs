@@ -68,6 +68,19 @@ async fn image_defaults_and_cri_overrides() -> Result<()> {
         .await?;
     assert_eq!(text(&pod.exec(&id, &["id", "-u"], 10).await?), "1000");
     assert_eq!(text(&pod.exec(&id, &["pwd"], 10).await?), "/app");
+    // ContainerStatus reports the effective user.
+    let user = pod
+        .status(&id)
+        .await?
+        .user
+        .and_then(|u| u.linux)
+        .expect("user reported");
+    assert_eq!((user.uid, user.gid), (1000, 1000));
+    assert!(
+        user.supplemental_groups.contains(&1000),
+        "{:?}",
+        user.supplemental_groups
+    );
     assert_eq!(
         text(
             &pod.exec(&id, &["sh", "-c", "echo $GREETING-$EXTRA"], 10)

@@ -3,7 +3,10 @@
 
 use std::collections::HashMap;
 
-use k8s_cri::v1::{ContainerStatus, ContainerStatusRequest, ContainerStatusResponse};
+use k8s_cri::v1::{
+    ContainerStatus, ContainerStatusRequest, ContainerStatusResponse, ContainerUser,
+    LinuxContainerUser,
+};
 use tonic::Status;
 
 use super::container_common::{image_spec, record_ids, state_of};
@@ -25,12 +28,24 @@ pub async fn handle(
     })
     .await?;
     record_ids(&c);
+    // The generated spec holds the effective user: image user or run_as_*, resolved groups.
+    let spec: serde_json::Value = std::fs::read(c.bundle.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let user = spec["process"]["user"].as_object().map(|u| ContainerUser {
+        linux: Some(LinuxContainerUser {
+            uid: u.get("uid").and_then(|v| v.as_i64()).unwrap_or(0),
+            gid: u.get("gid").and_then(|v| v.as_i64()).unwrap_or(0),
+            supplemental_groups: u
+                .get("additionalGids")
+                .and_then(|v| v.as_array())
+                .map(|a| a.iter().filter_map(|g| g.as_i64()).collect())
+                .unwrap_or_default(),
+        }),
+    });
     let mut info = HashMap::new();
     if req.verbose {
-        let spec: serde_json::Value = std::fs::read(c.bundle.join("config.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
         let verbose = serde_json::json!({
             "pid": c.pid,
             "sandboxID": c.pod_id,
@@ -69,7 +84,7 @@ pub async fn handle(
                     linux: Some(linux),
                     windows: None,
                 }),
-            user: None,
+            user,
         }),
         info,
     })
