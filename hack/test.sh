@@ -40,7 +40,7 @@ cargo clippy "${scope[@]}" --all-targets </dev/null -- -D warnings || lint_rc=1
 
 step "cargo test ${scope[*]} (test threads: ${RUST_TEST_THREADS:-2})"
 set +e
-cargo test "${scope[@]}" "$@" -- --test-threads="${RUST_TEST_THREADS:-2}" </dev/null 2>&1 | tee "$log"
+cargo test --no-fail-fast "${scope[@]}" "$@" -- --test-threads="${RUST_TEST_THREADS:-2}" </dev/null 2>&1 | tee "$log"
 test_rc=${PIPESTATUS[0]}
 set -e
 

@@ -441,10 +441,16 @@ async fn root_daemon_harness_with_fake_criusd() {
         .unwrap();
     assert_eq!(v.into_inner().runtime_name, "crius-fake");
     assert!(d.log_tail(5).contains("listening on"), "{}", d.log_tail(5));
-    assert_eq!(
-        std::fs::read_to_string(d.config_path()).unwrap(),
-        "[image]\n"
+    // The test's config, plus a loopback-only network inside the daemon's own dir so a daemon
+    // under test never touches the host's /etc/cni/net.d.
+    let written = std::fs::read_to_string(d.config_path()).unwrap();
+    assert!(written.starts_with("[image]\n"), "{written}");
+    let conf_dir = base.join("cni-conf");
+    assert!(
+        written.contains(&format!("[network]\nconf_dir = \"{}\"", conf_dir.display())),
+        "{written}"
     );
+    assert!(conf_dir.join("10-loopback.conflist").is_file());
     let out = d.criusctl("/bin/echo", &["images"]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
