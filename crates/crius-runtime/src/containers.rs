@@ -805,7 +805,9 @@ fn namespaces(
         .as_ref()
         .and_then(|l| l.security_context.as_ref())
         .and_then(|s| s.namespace_options.as_ref());
-    let pid_mode = options.map(|n| n.pid).unwrap_or(NamespaceMode::Container as i32);
+    let pid_mode = options
+        .map(|n| n.pid)
+        .unwrap_or(NamespaceMode::Container as i32);
     let pid = match NamespaceMode::try_from(pid_mode) {
         Ok(NamespaceMode::Pod) => match &pod.namespaces.pid {
             Some(p) => NsSource::Path(p.clone()),
@@ -822,14 +824,24 @@ fn namespaces(
             let field = "config.linux.security_context.namespace_options.target_id";
             let id = options.map(|n| n.target_id.as_str()).unwrap_or_default();
             if id.is_empty() {
-                return Err(invalid(field, "must name a container for the TARGET pid mode"));
+                return Err(invalid(
+                    field,
+                    "must name a container for the TARGET pid mode",
+                ));
             }
             let t = target(id)?;
             if t.pod_id != pod.id {
-                return Err(invalid(field, format!("container {} is not in pod {}", t.id, pod.id)));
+                return Err(invalid(
+                    field,
+                    format!("container {} is not in pod {}", t.id, pod.id),
+                ));
             }
             if t.state != ContainerState::Running || t.pid == 0 {
-                return Err(RuntimeError::WrongState { id: t.id, state: format!("{:?}", t.state), wanted: "Running" });
+                return Err(RuntimeError::WrongState {
+                    id: t.id,
+                    state: format!("{:?}", t.state),
+                    wanted: "Running",
+                });
             }
             NsSource::Path(PathBuf::from(format!("/proc/{}/ns/pid", t.pid)))
         }

@@ -122,7 +122,11 @@ mod tests {
             exec_process_json(&req),
             r#"{"terminal":false,"user":{"uid":1,"gid":2,"additionalGids":[3,4]},"args":["sh","-c","echo \"a\\b\"\n\u0001"],"env":["PATH=/bin"],"cwd":"/"}"#
         );
-        let nnp = ExecRequest { no_new_privileges: true, argv: vec!["id".into()], ..req };
+        let nnp = ExecRequest {
+            no_new_privileges: true,
+            argv: vec!["id".into()],
+            ..req
+        };
         assert!(exec_process_json(&nnp).ends_with(r#""cwd":"/","noNewPrivileges":true}"#));
     }
 }
