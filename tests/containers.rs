@@ -241,6 +241,17 @@ async fn exit_codes_reasons_and_filters() -> Result<()> {
         3
     );
 
+    // The image under a container cannot be removed while the container exists.
+    let err = common::remove(&pod.env.daemon, "busybox")
+        .await
+        .expect_err("image in use");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("in use by container"),
+        "names the container: {}",
+        err.message()
+    );
+
     // The same name twice in a pod is refused.
     let err = pod
         .create(container("ok", &["true"]))
