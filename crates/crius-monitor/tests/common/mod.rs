@@ -82,6 +82,12 @@ pub struct Env {
 }
 
 impl Env {
+    /// Each Env has a cgroup parent of its own: tests running in parallel must not remove a
+    /// parent another one is creating a child in.
+    pub fn cgroup_parent(&self) -> String {
+        format!("{CGROUP_PARENT}-{}", self.tag)
+    }
+
     /// `None` (with the reason printed) when the test cannot run here.
     pub fn new(runtime: &'static str, tag: &str) -> Option<Env> {
         if !is_root() {
@@ -190,7 +196,7 @@ impl Env {
         spec["process"]["args"] = serde_json::json!(args);
         spec["process"]["terminal"] = serde_json::json!(tty);
         spec["root"]["path"] = serde_json::json!(self.rootfs);
-        spec["linux"]["cgroupsPath"] = serde_json::json!(format!("/{CGROUP_PARENT}/{id}"));
+        spec["linux"]["cgroupsPath"] = serde_json::json!(format!("/{}/{id}", self.cgroup_parent()));
         fs::write(
             bundle.join("config.json"),
             serde_json::to_vec_pretty(&spec).unwrap(),
@@ -274,10 +280,9 @@ impl Env {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
-            remove_cgroups(id);
+            remove_cgroups(&self.cgroup_parent(), id);
         }
-        // Let the parent go once every test's children are gone (EBUSY until then).
-        remove_cgroups("");
+        remove_cgroups(&self.cgroup_parent(), "");
     }
 }
 
@@ -287,12 +292,12 @@ impl Drop for Env {
     }
 }
 
-fn remove_cgroups(id: &str) {
+fn remove_cgroups(parent: &str, id: &str) {
     let Ok(entries) = fs::read_dir("/sys/fs/cgroup") else {
         return;
     };
     for e in entries.flatten() {
-        let mut p = e.path().join(CGROUP_PARENT);
+        let mut p = e.path().join(parent);
         if !id.is_empty() {
             p = p.join(id);
         }
