@@ -220,10 +220,48 @@ impl Net {
 }
 
 impl Drop for Net {
+    /// A failed test may leave its pods' NAT rules: remove every rule tagged with this test's
+    /// network name, from crius's nft tables and the reference plugins' iptables chains.
     fn drop(&mut self) {
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
             .status();
+        let tag = format!("net-{}", self.bridge);
+        for table in ["crius-nat", "crius-portmap"] {
+            let Ok(out) = Command::new("nft")
+                .args(["-a", "list", "table", "inet", table])
+                .output()
+            else {
+                continue;
+            };
+            let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+            let mut chain = String::new();
+            for line in listing.lines().map(str::trim) {
+                if let Some(name) = line.strip_prefix("chain ") {
+                    chain = name.trim_end_matches(" {").to_string();
+                } else if let Some(handle) = line
+                    .contains(&tag)
+                    .then(|| line.rsplit("# handle ").next())
+                    .flatten()
+                {
+                    let _ = Command::new("nft")
+                        .args(["delete", "rule", "inet", table, &chain, "handle", handle])
+                        .status();
+                }
+            }
+        }
+        if let Ok(out) = Command::new("iptables-save").args(["-t", "nat"]).output() {
+            let rules = String::from_utf8_lossy(&out.stdout).into_owned();
+            for rule in rules
+                .lines()
+                .filter(|l| l.starts_with("-A ") && l.contains(&tag))
+            {
+                let _ = Command::new("sh")
+                    .arg("-c")
+                    .arg(format!("iptables -t nat -D {}", &rule[3..]))
+                    .status();
+            }
+        }
     }
 }
 

@@ -5,11 +5,11 @@ use k8s_cri::v1::{StopPodSandboxRequest, StopPodSandboxResponse};
 use tonic::Status;
 
 use crate::context::Context;
-
-/// How long each container of a stopped pod gets between SIGTERM and SIGKILL (kubelet stops
-/// containers itself first with the pod's grace period; this is the backstop).
-const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 use crate::status::{blocking, invalid};
+
+/// Containers still running when their pod is stopped are killed at once, as containerd does:
+/// the kubelet has already stopped them with the pod's grace period.
+const STOP_GRACE: std::time::Duration = std::time::Duration::ZERO;
 
 pub async fn handle(
     ctx: &Context,
@@ -24,7 +24,7 @@ pub async fn handle(
         let Some(pod) = pods.find(&req.pod_sandbox_id)? else {
             return Ok(());
         };
-        // Containers first (graceful, then killed), then what the pod holds.
+        // Containers first, then what the pod holds.
         for id in containers.in_pod(&pod.id) {
             containers.stop(&id, STOP_GRACE)?;
         }

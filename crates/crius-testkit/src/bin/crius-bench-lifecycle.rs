@@ -136,12 +136,35 @@ async fn main() -> Result<()> {
         &image::busybox_image(),
     )
     .await?;
-    let daemon = Daemon::start(
-        DaemonOptions::new(&criusd)
-            .config(mirror_config(&registry.url(), "30s"))
-            .log_level("warn"),
-    )
-    .await?;
+    let net_dir = tempfile::tempdir()?;
+    let mut config = mirror_config(&registry.url(), "30s");
+    if network == "bridge" {
+        let conf = net_dir.path().join("net.d");
+        std::fs::create_dir_all(&conf)?;
+        let conflist = serde_json::json!({
+            "cniVersion": "1.0.0", "name": "bench",
+            "plugins": [
+                {"type": "crius-loopback"},
+                {"type": "crius-bridge", "bridge": "crbench0", "isGateway": true, "isDefaultGateway": true,
+                 "ipMasq": true, "hairpinMode": true,
+                 "ipam": {"type": "crius-host-local", "ranges": [[{"subnet": "10.211.0.0/16"}]],
+                          "dataDir": net_dir.path().join("ipam")}},
+                {"type": "crius-portmap", "capabilities": {"portMappings": true}}
+            ]
+        });
+        std::fs::write(conf.join("10-bench.conflist"), conflist.to_string())?;
+        let plugins = criusd
+            .canonicalize()?
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        config.push_str(&format!(
+            "\n[network]\nconf_dir = \"{}\"\nbin_dirs = [\"{plugins}\"]\nwrite_default_config = false\n",
+            conf.display()
+        ));
+    }
+    let daemon =
+        Daemon::start(DaemonOptions::new(&criusd).config(config).log_level("warn")).await?;
     let mut rt = daemon.runtime().await?;
     daemon
         .images()
@@ -310,6 +333,11 @@ async fn main() -> Result<()> {
             pod_sandbox_id: pod,
         })
         .await?;
+    }
+    if network == "bridge" {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", "crbench0"])
+            .status();
     }
     Ok(())
 }
