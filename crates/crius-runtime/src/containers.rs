@@ -788,6 +788,8 @@ impl ContainerManager {
             .is_none_or(|l| l.cgroup_parent.is_empty())
         {
             rootfs::remove_cgroup(&default_cgroup_parent(pod));
+            // And /crius itself once no pod is left in it (EBUSY otherwise, ignored).
+            rootfs::remove_cgroup(rootfs::CRIUS_CGROUP);
         }
     }
 }
@@ -882,7 +884,7 @@ fn cgroups_path(pod: &PodRecord, id: &str) -> String {
 }
 
 fn default_cgroup_parent(pod: &PodRecord) -> String {
-    format!("/crius/{}", pod.id)
+    format!("{}/{}", rootfs::CRIUS_CGROUP, pod.id)
 }
 
 /// The daemon's own oom_score_adj when it may not go lower (no CAP_SYS_RESOURCE).

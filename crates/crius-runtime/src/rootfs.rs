@@ -81,6 +81,9 @@ pub fn cgroup_v2() -> bool {
     PathBuf::from("/sys/fs/cgroup/cgroup.controllers").exists()
 }
 
+/// The cgroup under which crius puts pods the kubelet gave no cgroup_parent.
+pub const CRIUS_CGROUP: &str = "/crius";
+
 /// Removes the cgroup directory `rel` (e.g. `/crius/<pod>`) from every mounted hierarchy,
 /// deepest first is the caller's business. A directory that does not exist is fine.
 pub fn remove_cgroup(rel: &str) {
@@ -103,6 +106,8 @@ pub fn remove_cgroup(rel: &str) {
         match std::fs::remove_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            // The shared /crius parent stays while other pods live under it.
+            Err(e) if rel == CRIUS_CGROUP && e.raw_os_error() == Some(libc::EBUSY) => {}
             Err(e) => tracing::warn!(path = %dir.display(), error = %e, "removing pod cgroup"),
         }
     }
