@@ -20,7 +20,7 @@ use k8s_cri::v1::{ContainerConfig, NamespaceMode};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::error::{RuntimeError, invalid, io_err};
+use crate::error::{RuntimeError, invalid, io_err, removed};
 use crate::ids::{new_id, resolve};
 use crate::pods::PodManager;
 use crate::record::{PodRecord, PodState};
@@ -585,18 +585,10 @@ impl ContainerManager {
             }
         }
         for dir in [&c.bundle, &c.layer_dir] {
-            match fs::remove_dir_all(dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err("removing", dir)(e)),
-            }
+            removed(fs::remove_dir_all(dir), dir)?;
         }
         let path = self.record_path(&c.id);
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("removing", &path)(e)),
-        }
+        removed(fs::remove_file(&path), &path)?;
         self.lock().remove(&c.id);
         self.locks
             .lock()

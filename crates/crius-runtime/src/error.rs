@@ -92,3 +92,14 @@ pub(crate) fn io_err(
     let path = path.into();
     move |source| RuntimeError::Io { op, path, source }
 }
+
+/// Removal where "already gone" is success (idempotent Remove RPCs).
+pub(crate) fn removed(
+    result: std::io::Result<()>,
+    path: &std::path::Path,
+) -> Result<(), RuntimeError> {
+    match result {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err("removing", path)(e)),
+        _ => Ok(()),
+    }
+}

@@ -10,7 +10,7 @@ use crius_state::{create_dir_all, read_json, write_json};
 use k8s_cri::v1::{NamespaceMode, PodSandboxConfig};
 use tracing::{info, warn};
 
-use crate::error::{RuntimeError, invalid, io_err};
+use crate::error::{RuntimeError, invalid, io_err, removed};
 use crate::ids::{new_id, resolve};
 use crate::network::PodNetwork;
 use crate::ops::SandboxOps;
@@ -350,17 +350,9 @@ impl PodManager {
         self.stop(&pod.id)?;
         let lock = self.key_lock(&pod.id);
         let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
-        match fs::remove_dir_all(&pod.dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("removing", &pod.dir)(e)),
-        }
+        removed(fs::remove_dir_all(&pod.dir), &pod.dir)?;
         let path = self.record_path(&pod.id);
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("removing", &path)(e)),
-        }
+        removed(fs::remove_file(&path), &path)?;
         self.lock_pods().remove(&pod.id);
         self.locks
             .lock()
