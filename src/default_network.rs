@@ -1,5 +1,6 @@
 //! crius's default pod network, written when the CNI conf dir has none: crius's own bridge
-//! with host-local IPAM, port mappings and loopback (the same file as deploy/cni/).
+//! with host-local IPAM and port mappings (the same file as deploy/cni/). No loopback plugin:
+//! crius brings `lo` up itself when it creates the pod's network namespace.
 
 use std::path::Path;
 

@@ -16,13 +16,9 @@ pub async fn reap_adopted_orphans() {
     let my_session = stat_fields(me).map(|s| s.session).unwrap_or(-1);
     loop {
         sigchld.recv().await;
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            continue;
-        };
-        for pid in entries
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        {
+        // Only our own children: their pids are listed per thread in
+        // /proc/self/task/<tid>/children, far fewer than every process on a busy node.
+        for pid in own_children() {
             let Some(stat) = stat_fields(pid) else {
                 continue;
             };
@@ -32,6 +28,34 @@ pub async fn reap_adopted_orphans() {
             }
         }
     }
+}
+
+/// Candidate pids: our children as listed per thread in /proc/self/task/<tid>/children, or
+/// every process on kernels built without CONFIG_PROC_CHILDREN.
+fn own_children() -> Vec<i32> {
+    let me = std::process::id();
+    if !std::path::Path::new(&format!("/proc/self/task/{me}/children")).exists() {
+        return numeric_entries("/proc");
+    }
+    numeric_entries("/proc/self/task")
+        .into_iter()
+        .filter_map(|t| std::fs::read_to_string(format!("/proc/self/task/{t}/children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn numeric_entries(dir: &str) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
 }
 
 struct Stat {

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -158,30 +158,21 @@ fn run_with_timeout(req: &ExecRequest) -> Result<ExecOutput, CniError> {
         buf
     });
 
-    let deadline = Instant::now() + req.timeout;
-    let mut sleep = Duration::from_millis(1);
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() >= deadline => {
-                let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
-                let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-                let _ = child.kill();
-                let _ = child.wait();
-                // The readers end once the pipes close; a grandchild holding them open
-                // would keep them alive, so they are not joined here.
-                return Err(CniError::Timeout {
-                    plugin: req.plugin.clone(),
-                    command: req.command().to_string(),
-                    timeout: req.timeout,
-                });
-            }
-            Ok(None) => {
-                std::thread::sleep(sleep);
-                sleep = (sleep * 2).min(Duration::from_millis(50));
-            }
-            Err(e) => return Err(CniError::io("wait for CNI plugin", &req.path, e)),
+    let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let status = match crius_proc::wait_timeout(&mut child, req.timeout) {
+        Ok(Some(status)) => status,
+        Ok(None) => {
+            // The plugin is gone; what it started (an IPAM plugin) goes with its group.
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+            // The readers end once the pipes close; a grandchild holding them open
+            // would keep them alive, so they are not joined here.
+            return Err(CniError::Timeout {
+                plugin: req.plugin.clone(),
+                command: req.command().to_string(),
+                timeout: req.timeout,
+            });
         }
+        Err(e) => return Err(CniError::io("wait for CNI plugin", &req.path, e)),
     };
     let _ = writer.join();
     let stdout = out_reader.join().unwrap_or_default();
@@ -333,6 +324,7 @@ pub(crate) fn invoke(exec: &dyn PluginExec, req: &ExecRequest) -> Result<Vec<u8>
 mod tests {
     use std::os::unix::fs::PermissionsExt;
     use std::path::Path;
+    use std::time::Instant;
 
     use serde_json::json;
 

@@ -5,8 +5,7 @@ use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// File in the monitor's state dir holding its pid.
 pub const PID_FILE: &str = "monitor.pid";
@@ -46,25 +45,24 @@ pub fn spawn_detached(binary: &Path, pod_id: &str, dir: &Path, socket: &Path) ->
             binary.display()
         )));
     }
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        // The monitor writes its pid file before binding the socket.
-        if let Ok(s) = fs::read_to_string(&pid_file)
-            && let Ok(pid) = s.trim().parse::<u32>()
-            && UnixStream::connect(socket).is_ok()
-        {
-            return Ok(pid);
-        }
-        if Instant::now() >= deadline {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "monitor for pod {pod_id} did not open {} (see {}/monitor.log)",
-                    socket.display(),
-                    dir.display()
-                ),
-            ));
-        }
-        sleep(Duration::from_millis(10));
+    // The monitor writes its pid file before binding the socket.
+    let mut pid = None;
+    let ready = crius_proc::poll_until(READY_TIMEOUT, Duration::from_millis(10), || {
+        pid = fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .filter(|_| UnixStream::connect(socket).is_ok());
+        Ok::<_, io::Error>(pid.is_some())
+    })?;
+    match pid {
+        Some(pid) if ready => Ok(pid),
+        _ => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "monitor for pod {pod_id} did not open {} (see {}/monitor.log)",
+                socket.display(),
+                dir.display()
+            ),
+        )),
     }
 }

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use oci_spec::runtime::LinuxResources;
@@ -136,31 +136,18 @@ impl CliRuntime {
         child: &mut std::process::Child,
         args: &[String],
     ) -> Result<std::process::ExitStatus, RuntimeError> {
-        let deadline = Instant::now() + self.timeout;
-        let mut pause = Duration::from_millis(1);
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => return Ok(status),
-                Ok(None) => {}
-                Err(source) => {
-                    return Err(RuntimeError::Io {
-                        op: "wait for",
-                        path: self.path.clone(),
-                        source,
-                    });
-                }
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(RuntimeError::Timeout {
-                    runtime: self.name.clone(),
-                    args: args.to_vec(),
-                    timeout: self.timeout,
-                });
-            }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(50));
+        match crius_proc::wait_timeout(child, self.timeout) {
+            Ok(Some(status)) => Ok(status),
+            Ok(None) => Err(RuntimeError::Timeout {
+                runtime: self.name.clone(),
+                args: args.to_vec(),
+                timeout: self.timeout,
+            }),
+            Err(source) => Err(RuntimeError::Io {
+                op: "wait for",
+                path: self.path.clone(),
+                source,
+            }),
         }
     }
 
@@ -503,6 +490,7 @@ impl OciRuntime for CliRuntime {
 mod tests {
     use super::*;
     use crius_error::{ErrorKind, HasKind};
+    use std::time::Instant;
 
     #[test]
     fn args_have_global_flags_first() {

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crius_monitor::{CreateRequest, ExecRequest, MonitorClient};
 use crius_oci::{ImageConfig, NsSource, PodFiles, PodNamespaces, SpecFeatures, SpecInput};
@@ -542,16 +542,9 @@ impl ContainerManager {
     }
 
     fn wait_exit(&self, id: &str, timeout: Duration) -> Result<bool, RuntimeError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.refresh(id)?.state == ContainerState::Exited {
-                return Ok(true);
-            }
-            if Instant::now() >= deadline {
-                return Ok(false);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crius_proc::poll_until(timeout, Duration::from_millis(20), || {
+            Ok(self.refresh(id)?.state == ContainerState::Exited)
+        })
     }
 
     /// Removes a container: killed first if running; idempotent.

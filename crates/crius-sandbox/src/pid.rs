@@ -8,7 +8,7 @@
 //! and its start time guards against pid reuse.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
@@ -157,14 +157,5 @@ fn alive(init: &PodInit) -> bool {
 }
 
 fn wait_gone(init: &PodInit, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if !alive(init) {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(POLL);
-    }
+    crius_proc::poll_until(within, POLL, || Ok::<_, ()>(!alive(init))).unwrap_or(false)
 }

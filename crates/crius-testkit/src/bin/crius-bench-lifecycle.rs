@@ -141,17 +141,17 @@ async fn main() -> Result<()> {
     if network == "bridge" {
         let conf = net_dir.path().join("net.d");
         std::fs::create_dir_all(&conf)?;
-        let conflist = serde_json::json!({
-            "cniVersion": "1.0.0", "name": "bench",
-            "plugins": [
-                {"type": "crius-loopback"},
-                {"type": "crius-bridge", "bridge": "crbench0", "isGateway": true, "isDefaultGateway": true,
-                 "ipMasq": true, "hairpinMode": true,
-                 "ipam": {"type": "crius-host-local", "ranges": [[{"subnet": "10.211.0.0/16"}]],
-                          "dataDir": net_dir.path().join("ipam")}},
-                {"type": "crius-portmap", "capabilities": {"portMappings": true}}
-            ]
-        });
+        // The shipped default network, on a bridge and subnet of the benchmark's own.
+        let mut conflist: serde_json::Value =
+            serde_json::from_str(include_str!("../../../../deploy/cni/10-crius.conflist"))?;
+        for plugin in conflist["plugins"].as_array_mut().into_iter().flatten() {
+            if plugin["type"] == "crius-bridge" {
+                plugin["bridge"] = "crbench0".into();
+                plugin["ipam"]["ranges"] = serde_json::json!([[{"subnet": "10.211.0.0/16"}]]);
+                plugin["ipam"]["dataDir"] =
+                    net_dir.path().join("ipam").display().to_string().into();
+            }
+        }
         std::fs::write(conf.join("10-bench.conflist"), conflist.to_string())?;
         let plugins = criusd
             .canonicalize()?
