@@ -7,7 +7,7 @@
 //!   Create ──▶ Created ──Start──▶ Running ──(exit, Stop)──▶ Exited ──Remove──▶ (gone)
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,6 +22,7 @@ use tracing::{info, warn};
 
 use crate::error::{RuntimeError, invalid, io_err, removed};
 use crate::ids::{new_id, resolve};
+use crate::keylocks::KeyLocks;
 use crate::pods::PodManager;
 use crate::record::{PodRecord, PodState};
 use crate::rollback::Rollback;
@@ -109,7 +110,7 @@ pub struct ContainerManager {
     opts: ContainerManagerOptions,
     pods: Arc<PodManager>,
     containers: Mutex<BTreeMap<String, ContainerRecord>>,
-    locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    locks: KeyLocks,
     features: SpecFeatures,
     oom_floor: Option<i64>,
 }
@@ -156,7 +157,7 @@ impl ContainerManager {
             opts,
             pods,
             containers: Mutex::new(containers),
-            locks: Mutex::new(HashMap::new()),
+            locks: KeyLocks::default(),
             features,
             oom_floor: oom_floor(),
         };
@@ -172,15 +173,6 @@ impl ContainerManager {
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, ContainerRecord>> {
         self.containers.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn key_lock(&self, key: &str) -> Arc<Mutex<()>> {
-        self.locks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key.to_string())
-            .or_default()
-            .clone()
     }
 
     fn record_path(&self, id: &str) -> PathBuf {
@@ -263,8 +255,7 @@ impl ContainerManager {
             return Err(invalid("config.metadata.name", "must not be empty"));
         }
         let key = format!("{}_{}_{}", meta.name, meta.attempt, pod.id);
-        let lock = self.key_lock(&key);
-        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.locks.lock(&key);
         if let Some(existing) = self.lock().values().find(|c| {
             c.pod_id == pod.id
                 && c.config
@@ -434,8 +425,7 @@ impl ContainerManager {
 
     pub fn start(&self, id: &str) -> Result<(), RuntimeError> {
         let c = self.get(id)?;
-        let lock = self.key_lock(&c.id);
-        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.locks.lock(&c.id);
         let c = self.get(&c.id)?;
         if c.state != ContainerState::Created {
             return Err(RuntimeError::WrongState {
@@ -511,8 +501,7 @@ impl ContainerManager {
         let Some(c) = self.find(id)? else {
             return Ok(());
         };
-        let lock = self.key_lock(&c.id);
-        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.locks.lock(&c.id);
         let c = self.refresh(&c.id)?;
         if c.state == ContainerState::Exited {
             return Ok(());
@@ -553,8 +542,7 @@ impl ContainerManager {
             return Ok(());
         };
         self.stop(&c.id, Duration::ZERO)?;
-        let lock = self.key_lock(&c.id);
-        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.locks.lock(&c.id);
         if let Some(pod) = self.pods.find(&c.pod_id)? {
             if let Err(e) = self.monitor(&pod).and_then(|mut m| {
                 m.delete(&c.id, true).map_err(|e| RuntimeError::Monitor {
@@ -583,10 +571,6 @@ impl ContainerManager {
         let path = self.record_path(&c.id);
         removed(fs::remove_file(&path), &path)?;
         self.lock().remove(&c.id);
-        self.locks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&c.id);
         info!(container_id = %c.id, "container removed");
         Ok(())
     }

@@ -15,6 +15,7 @@
 mod containers;
 mod error;
 mod ids;
+mod keylocks;
 mod network;
 mod ops;
 mod pods;

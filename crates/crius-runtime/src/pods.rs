@@ -1,6 +1,6 @@
 //! The pod manager: RunPodSandbox, StopPodSandbox, RemovePodSandbox, status and listing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -12,6 +12,7 @@ use tracing::{info, warn};
 
 use crate::error::{RuntimeError, invalid, io_err, removed};
 use crate::ids::{new_id, resolve};
+use crate::keylocks::KeyLocks;
 use crate::network::PodNetwork;
 use crate::ops::SandboxOps;
 use crate::record::{PodRecord, PodState, name_key};
@@ -47,7 +48,7 @@ pub struct PodManager {
     pods: Mutex<BTreeMap<String, PodRecord>>,
     /// Serialises work on one pod (by id) or one pod name (while it is being created), so a
     /// retried RunPodSandbox waits for the first and then finds its pod.
-    locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    locks: KeyLocks,
 }
 
 impl PodManager {
@@ -92,21 +93,12 @@ impl PodManager {
             ops,
             network,
             pods: Mutex::new(pods),
-            locks: Mutex::new(HashMap::new()),
+            locks: KeyLocks::default(),
         })
     }
 
     fn lock_pods(&self) -> MutexGuard<'_, BTreeMap<String, PodRecord>> {
         self.pods.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn key_lock(&self, key: &str) -> Arc<Mutex<()>> {
-        self.locks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key.to_string())
-            .or_default()
-            .clone()
     }
 
     fn record_path(&self, id: &str) -> PathBuf {
@@ -154,8 +146,7 @@ impl PodManager {
             }
         })?;
         let key = name_key(&config);
-        let lock = self.key_lock(&key);
-        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.locks.lock(&key);
         if let Some(existing) = self.lock_pods().values().find(|p| p.name_key() == key) {
             info!(pod_id = %existing.id, "RunPodSandbox retried: returning the existing pod");
             return Ok(existing.id.clone());
@@ -303,8 +294,7 @@ impl PodManager {
         let Some(pod) = self.find(id)? else {
             return Ok(());
         };
-        let lock = self.key_lock(&pod.id);
-        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.locks.lock(&pod.id);
         self.teardown(&pod)?;
         let mut pods = self.lock_pods();
         if let Some(p) = pods
@@ -348,16 +338,11 @@ impl PodManager {
             return Ok(());
         };
         self.stop(&pod.id)?;
-        let lock = self.key_lock(&pod.id);
-        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.locks.lock(&pod.id);
         removed(fs::remove_dir_all(&pod.dir), &pod.dir)?;
         let path = self.record_path(&pod.id);
         removed(fs::remove_file(&path), &path)?;
         self.lock_pods().remove(&pod.id);
-        self.locks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&pod.id);
         info!(pod_id = %pod.id, "pod sandbox removed");
         Ok(())
     }
