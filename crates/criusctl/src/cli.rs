@@ -115,6 +115,17 @@ pub enum ListOutput {
     Yaml,
 }
 
+// The last flags of `pods` and `ps`, the same in both. (No doc comment: on a flattened
+// struct clap could take it for the subcommand's about.)
+#[derive(Debug, Args)]
+pub struct ListFormat {
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: ListOutput,
+    /// Show full ids
+    #[arg(long)]
+    pub no_trunc: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct InfoArgs {
     #[arg(short, long, value_enum, default_value = "json")]
@@ -225,11 +236,8 @@ pub struct PodsArgs {
     /// Only print pod ids
     #[arg(short, long)]
     pub quiet: bool,
-    #[arg(short, long, value_enum, default_value = "table")]
-    pub output: ListOutput,
-    /// Show full ids
-    #[arg(long)]
-    pub no_trunc: bool,
+    #[command(flatten)]
+    pub listing: ListFormat,
 }
 
 #[derive(Debug, Args)]
@@ -340,11 +348,8 @@ pub struct PsArgs {
     /// Only print container ids
     #[arg(short, long)]
     pub quiet: bool,
-    #[arg(short, long, value_enum, default_value = "table")]
-    pub output: ListOutput,
-    /// Show full ids
-    #[arg(long)]
-    pub no_trunc: bool,
+    #[command(flatten)]
+    pub listing: ListFormat,
 }
 
 #[derive(Debug, Args)]

@@ -253,6 +253,17 @@ pub fn merge_info(
     }
 }
 
+/// `{"status": <status>, <info keys, JSON parsed>…}`: what the inspect commands print.
+pub fn status_document(
+    status: &impl serde::Serialize,
+    info: &std::collections::HashMap<String, String>,
+) -> Result<Map<String, Value>> {
+    let mut doc = Map::new();
+    doc.insert("status".into(), message_json(status)?);
+    merge_info(&mut doc, info);
+    Ok(doc)
+}
+
 /// go-units' `HumanDuration`, which crictl shows as "<duration> ago".
 pub fn human_duration(d: Duration) -> String {
     let seconds = d.as_secs();

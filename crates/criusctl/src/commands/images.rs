@@ -2,10 +2,9 @@
 
 use anyhow::Result;
 use k8s_cri::v1::{Image, ImageFilter, ListImagesRequest};
-use serde_json::json;
 
-use super::image_spec;
-use crate::cli::{ImagesArgs, ListOutput, Output};
+use super::{image_spec, print_listing};
+use crate::cli::ImagesArgs;
 use crate::client::Context;
 use crate::format::{self, Table};
 
@@ -20,26 +19,14 @@ pub async fn run(ctx: &Context, args: &ImagesArgs) -> Result<()> {
     ctx.trace("ListImagesRequest", &request);
     let response = ctx.image().await?.list_images(request).await?.into_inner();
     ctx.trace("ListImagesResponse", &response);
-    let images = &response.images;
-    if args.quiet {
-        for image in images {
-            println!("{}", image.id);
-        }
-        return Ok(());
-    }
-    match args.output {
-        ListOutput::Table => print!("{}", table(images, args.digests, args.no_trunc)),
-        ListOutput::Json | ListOutput::Yaml => {
-            let output = if args.output == ListOutput::Json {
-                Output::Json
-            } else {
-                Output::Yaml
-            };
-            let doc = json!({ "images": format::message_json(images)? });
-            print!("{}", format::render(&doc, output)?);
-        }
-    }
-    Ok(())
+    print_listing(
+        &response.images,
+        |i| i.id.as_str(),
+        args.quiet,
+        args.output,
+        "images",
+        |images| table(images, args.digests, args.no_trunc),
+    )
 }
 
 /// crictl's image table: one row per repo tag.

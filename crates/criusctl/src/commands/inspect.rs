@@ -1,39 +1,44 @@
-//! `criusctl inspect`: verbose ContainerStatus, shaped like `crictl inspect`.
+//! `criusctl inspect`: verbose ContainerStatus, shaped like `crictl inspect`. `inspectp`
+//! is the same over pod sandboxes, hence [`inspect_all`] is generic.
+
+use std::collections::HashMap;
 
 use anyhow::Result;
-use k8s_cri::v1::{ContainerStatusRequest, ContainerStatusResponse};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use crate::cli::InspectArgs;
+use super::kind::{Containers, Kind};
+use crate::cli::{InspectArgs, Output};
 use crate::client::Context;
 use crate::format;
 
 pub async fn run(ctx: &Context, args: &InspectArgs) -> Result<()> {
+    inspect_all::<Containers>(ctx, &args.containers, args.output).await
+}
+
+/// Prints the verbose status of each id in turn; the first failure ends the command.
+pub async fn inspect_all<K: Kind>(ctx: &Context, ids: &[String], output: Output) -> Result<()> {
     let mut client = ctx.runtime().await?;
-    for id in &args.containers {
-        let request = ContainerStatusRequest {
-            container_id: id.clone(),
-            verbose: true,
-        };
-        ctx.trace("ContainerStatusRequest", &request);
-        let response = client.container_status(request).await?.into_inner();
-        ctx.trace("ContainerStatusResponse", &response);
-        print!("{}", format::render(&document(&response)?, args.output)?);
+    for id in ids {
+        let reply = K::status(ctx, &mut client, id, true).await?;
+        print!(
+            "{}",
+            format::render(&document(&reply.status, &reply.info)?, output)?
+        );
     }
     Ok(())
 }
 
-/// `{"status": <ContainerStatus>, <info keys, JSON parsed>…}` (containerd: `"info"`).
-fn document(response: &ContainerStatusResponse) -> Result<Value> {
-    let mut doc = Map::new();
-    doc.insert("status".into(), format::message_json(&response.status)?);
-    format::merge_info(&mut doc, &response.info);
-    Ok(Value::Object(doc))
+/// `{"status": <status>, <info keys, JSON parsed>…}` (containerd: `"info"`).
+fn document(status: &impl serde::Serialize, info: &HashMap<String, String>) -> Result<Value> {
+    Ok(Value::Object(format::status_document(status, info)?))
 }
 
 #[cfg(test)]
 mod tests {
-    use k8s_cri::v1::{ContainerState, ContainerStatus};
+    use k8s_cri::v1::{
+        ContainerState, ContainerStatus, ContainerStatusResponse, PodSandboxMetadata,
+        PodSandboxStatus, PodSandboxStatusResponse,
+    };
     use serde_json::json;
 
     use super::*;
@@ -50,9 +55,33 @@ mod tests {
             }),
             info: [("info".to_owned(), r#"{"pid":99}"#.to_owned())].into(),
         };
-        let doc = document(&response).unwrap();
+        let doc = document(&response.status, &response.info).unwrap();
         assert_eq!(doc["status"]["state"], "CONTAINER_RUNNING");
         assert_eq!(doc["status"]["startedAt"], "7");
         assert_eq!(doc["info"], json!({"pid": 99}));
+    }
+
+    /// Was `inspectp`'s own test.
+    #[test]
+    fn pod_status_and_parsed_info() {
+        let response = PodSandboxStatusResponse {
+            status: Some(PodSandboxStatus {
+                id: "p1".into(),
+                metadata: Some(PodSandboxMetadata {
+                    name: "web".into(),
+                    ..Default::default()
+                }),
+                state: 1,
+                created_at: 42,
+                ..Default::default()
+            }),
+            info: [("info".to_owned(), r#"{"pid":1234}"#.to_owned())].into(),
+            ..Default::default()
+        };
+        let doc = document(&response.status, &response.info).unwrap();
+        assert_eq!(doc["status"]["state"], "SANDBOX_NOTREADY");
+        assert_eq!(doc["status"]["createdAt"], "42");
+        assert_eq!(doc["status"]["metadata"]["name"], "web");
+        assert_eq!(doc["info"], json!({"pid": 1234}));
     }
 }

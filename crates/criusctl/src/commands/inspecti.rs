@@ -2,7 +2,7 @@
 
 use anyhow::{Result, bail};
 use k8s_cri::v1::{Image, ImageStatusRequest};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::image_spec;
 use crate::cli::InspectiArgs;
@@ -32,9 +32,7 @@ pub async fn run(ctx: &Context, args: &InspectiArgs) -> Result<()> {
 
 /// `{"status": <image>, "info": {"imageSpec": …, …}, <other info keys>…}`.
 fn document(image: &Image, info: &std::collections::HashMap<String, String>) -> Result<Value> {
-    let mut doc = Map::new();
-    doc.insert("status".into(), format::message_json(image)?);
-    format::merge_info(&mut doc, info);
+    let mut doc = format::status_document(image, info)?;
     // containerd puts {"imageSpec": …, "chainID": …} under "info"; a runtime that puts the
     // bare OCI image config there gets it wrapped into the same shape.
     if let Some(parsed) = doc.get_mut("info") {

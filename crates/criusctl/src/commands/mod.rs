@@ -1,5 +1,6 @@
 //! One module per subcommand: the image ones (pull, images, …) and the runtime ones
-//! (runp, pods, create, ps, logs, exec, …), each with its own file.
+//! (runp, pods, create, ps, logs, exec, …), each with its own file; `kind` holds the RPCs
+//! that containers and pod sandboxes have in parallel, for the commands alike over both.
 
 mod create;
 mod exec;
@@ -9,6 +10,7 @@ mod info;
 mod inspect;
 mod inspecti;
 mod inspectp;
+mod kind;
 mod logs;
 mod pods;
 mod ps;
@@ -28,8 +30,9 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
 use k8s_cri::v1::{ImageSpec, ImageStatusRequest};
+use serde_json::json;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, ListOutput};
 use crate::client::Context;
 use crate::format;
 
@@ -117,10 +120,50 @@ fn report(what: &str, id: &str, err: &anyhow::Error) {
     eprintln!("criusctl: {what} {id:?}: {}", format::error_message(err));
 }
 
-/// Fails after [`report`]ed failures, naming what could not be done.
-fn finish(failed: usize, what: &str) -> Result<()> {
+/// Runs `op` on each id in turn. As crictl, a failure is [`report`]ed as `doing` (e.g.
+/// "stopping container") and the rest still run; then the command fails, naming
+/// `doing_all` ("stopping containers"). `op` prints its own line on success.
+async fn each_id<'a>(
+    ids: impl IntoIterator<Item = &'a String>,
+    doing: &str,
+    doing_all: &str,
+    mut op: impl AsyncFnMut(&'a str) -> Result<()>,
+) -> Result<()> {
+    let mut failed = 0;
+    for id in ids {
+        if let Err(err) = op(id).await {
+            report(doing, id, &err);
+            failed += 1;
+        }
+    }
     if failed > 0 {
-        bail!("{what} failed for {failed} of the given ids");
+        bail!("{doing_all} failed for {failed} of the given ids");
+    }
+    Ok(())
+}
+
+/// Prints a listing as crictl does: only the ids with `-q`, else the table, or the items
+/// under `key` as JSON or YAML.
+fn print_listing<T: serde::Serialize>(
+    items: &[T],
+    id: impl Fn(&T) -> &str,
+    quiet: bool,
+    output: ListOutput,
+    key: &str,
+    table: impl FnOnce(&[T]) -> String,
+) -> Result<()> {
+    if quiet {
+        for item in items {
+            println!("{}", id(item));
+        }
+        return Ok(());
+    }
+    match format::structured(output) {
+        None => print!("{}", table(items)),
+        Some(output) => {
+            let doc = json!({ key: format::message_json(&items)? });
+            print!("{}", format::render(&doc, output)?);
+        }
     }
     Ok(())
 }
@@ -145,5 +188,30 @@ fn image_spec(image: &str) -> ImageSpec {
     ImageSpec {
         image: image.to_owned(),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn each_id_goes_on_after_a_failure() {
+        let ids = ["a".to_owned(), "b".to_owned(), "c".to_owned()];
+        let mut seen = Vec::new();
+        let err = each_id(&ids, "doing thing", "doing things", async |id| {
+            seen.push(id.to_owned());
+            if id == "b" {
+                bail!("no");
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(seen, ["a", "b", "c"]);
+        assert_eq!(
+            err.to_string(),
+            "doing things failed for 1 of the given ids"
+        );
     }
 }

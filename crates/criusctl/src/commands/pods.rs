@@ -6,8 +6,8 @@ use anyhow::Result;
 use k8s_cri::v1::{
     ListPodSandboxRequest, PodSandbox, PodSandboxFilter, PodSandboxState, PodSandboxStateValue,
 };
-use serde_json::json;
 
+use super::print_listing;
 use crate::cli::{PodState, PodsArgs};
 use crate::client::Context;
 use crate::format::{self, Table};
@@ -28,20 +28,14 @@ pub async fn run(ctx: &Context, args: &PodsArgs) -> Result<()> {
     pods.retain(|pod| matches_names(pod, args));
     // Newest first, as crictl.
     pods.sort_by_key(|p| std::cmp::Reverse(p.created_at));
-    if args.quiet {
-        for pod in &pods {
-            println!("{}", pod.id);
-        }
-        return Ok(());
-    }
-    match format::structured(args.output) {
-        None => print!("{}", table(&pods, args.no_trunc, SystemTime::now())),
-        Some(output) => {
-            let doc = json!({ "items": format::message_json(&pods)? });
-            print!("{}", format::render(&doc, output)?);
-        }
-    }
-    Ok(())
+    print_listing(
+        &pods,
+        |p| p.id.as_str(),
+        args.quiet,
+        args.listing.output,
+        "items",
+        |pods| table(pods, args.listing.no_trunc, SystemTime::now()),
+    )
 }
 
 /// What the runtime filters: id, state, labels.
@@ -187,8 +181,10 @@ fedcba9876543       3 hours ago         NotReady            a-pod-with-a-rather-
             state: None,
             labels: vec![],
             quiet: false,
-            output: crate::cli::ListOutput::Table,
-            no_trunc: false,
+            listing: crate::cli::ListFormat {
+                output: crate::cli::ListOutput::Table,
+                no_trunc: false,
+            },
         };
         assert!(matches_names(&p, &args(None, None)));
         assert!(matches_names(&p, &args(Some("nginx"), Some("default"))));

@@ -7,8 +7,8 @@ use anyhow::Result;
 use k8s_cri::v1::{
     Container, ContainerFilter, ContainerState, ContainerStateValue, ListContainersRequest,
 };
-use serde_json::json;
 
+use super::print_listing;
 use crate::cli::{ContainerStateArg, PsArgs};
 use crate::client::Context;
 use crate::format::{self, Table};
@@ -37,20 +37,14 @@ pub async fn run(ctx: &Context, args: &PsArgs) -> Result<()> {
         });
     }
     containers.sort_by_key(|c| std::cmp::Reverse(c.created_at));
-    if args.quiet {
-        for container in &containers {
-            println!("{}", container.id);
-        }
-        return Ok(());
-    }
-    match format::structured(args.output) {
-        None => print!("{}", table(&containers, args.no_trunc, SystemTime::now())),
-        Some(output) => {
-            let doc = json!({ "containers": format::message_json(&containers)? });
-            print!("{}", format::render(&doc, output)?);
-        }
-    }
-    Ok(())
+    print_listing(
+        &containers,
+        |c| c.id.as_str(),
+        args.quiet,
+        args.listing.output,
+        "containers",
+        |containers| table(containers, args.listing.no_trunc, SystemTime::now()),
+    )
 }
 
 fn filter(args: &PsArgs) -> ContainerFilter {
@@ -146,7 +140,7 @@ mod tests {
     use k8s_cri::v1::{ContainerMetadata, ImageSpec};
 
     use super::*;
-    use crate::cli::ListOutput;
+    use crate::cli::{ListFormat, ListOutput};
 
     const NOW: u64 = 1_700_000_000;
 
@@ -216,8 +210,10 @@ abcdefabcdefa       beae173ccac6a                      2 days ago          Exite
             state,
             labels: vec![],
             quiet: false,
-            output: ListOutput::Table,
-            no_trunc: false,
+            listing: ListFormat {
+                output: ListOutput::Table,
+                no_trunc: false,
+            },
         };
         let running = Some(ContainerStateValue {
             state: ContainerState::ContainerRunning as i32,

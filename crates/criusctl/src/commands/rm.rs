@@ -1,73 +1,54 @@
 //! `criusctl rm`: RemoveContainer; a running container needs `--force`, which stops it.
+//! `rmp` is the same flow over pod sandboxes, hence [`remove_all`] is generic.
 
 use std::collections::BTreeSet;
 
 use anyhow::{Result, bail};
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use k8s_cri::v1::{
-    ContainerState, ContainerStatusRequest, ListContainersRequest, RemoveContainerRequest,
-    StopContainerRequest,
-};
-use tonic::transport::Channel;
 
-use super::{finish, report};
+use super::each_id;
+use super::kind::{Client, Containers, Kind};
 use crate::cli::RmArgs;
 use crate::client::Context;
 
 pub async fn run(ctx: &Context, args: &RmArgs) -> Result<()> {
-    let mut client = ctx.runtime().await?;
-    let mut targets: BTreeSet<String> = args.containers.iter().cloned().collect();
-    if args.all {
-        let request = ListContainersRequest::default();
-        ctx.trace("ListContainersRequest", &request);
-        let response = client.list_containers(request).await?.into_inner();
-        ctx.trace("ListContainersResponse", &response);
-        targets.extend(response.containers.into_iter().map(|c| c.id));
-    }
-    let mut failed = 0;
-    for id in &targets {
-        match remove(ctx, &mut client, id, args.force).await {
-            Ok(()) => println!("{id}"),
-            Err(err) => {
-                report("removing container", id, &err);
-                failed += 1;
-            }
-        }
-    }
-    finish(failed, "removing containers")
+    remove_all::<Containers>(ctx, &args.containers, args.all, args.force, |id| {
+        id.to_owned()
+    })
+    .await
 }
 
-async fn remove(
+/// Removes `ids` and, with `all`, every listed one. `done(id)` is the line printed for
+/// each removed, as crictl words it (which differs for pods).
+pub async fn remove_all<K: Kind>(
     ctx: &Context,
-    client: &mut RuntimeServiceClient<Channel>,
-    id: &str,
+    ids: &[String],
+    all: bool,
     force: bool,
+    done: impl Fn(&str) -> String,
 ) -> Result<()> {
-    let request = ContainerStatusRequest {
-        container_id: id.to_owned(),
-        verbose: false,
-    };
-    ctx.trace("ContainerStatusRequest", &request);
-    let status = client.container_status(request).await?.into_inner();
-    ctx.trace("ContainerStatusResponse", &status);
-    let running = status
-        .status
-        .is_some_and(|s| s.state == ContainerState::ContainerRunning as i32);
-    if running {
-        if !force {
-            bail!("container is running, stop it first or use --force");
-        }
-        let request = StopContainerRequest {
-            container_id: id.to_owned(),
-            timeout: 0,
-        };
-        ctx.trace("StopContainerRequest", &request);
-        client.stop_container(request).await?;
+    let mut client = ctx.runtime().await?;
+    // A set, so an id given twice (or given and listed by --all) is removed once.
+    let mut targets: BTreeSet<String> = ids.iter().cloned().collect();
+    if all {
+        targets.extend(K::list_ids(ctx, &mut client).await?);
     }
-    let request = RemoveContainerRequest {
-        container_id: id.to_owned(),
-    };
-    ctx.trace("RemoveContainerRequest", &request);
-    client.remove_container(request).await?;
-    Ok(())
+    let doing = format!("removing {}", K::NOUN);
+    let doing_all = format!("removing {}", K::NOUNS);
+    each_id(&targets, &doing, &doing_all, async |id| {
+        remove::<K>(ctx, &mut client, id, force).await?;
+        println!("{}", done(id));
+        Ok(())
+    })
+    .await
+}
+
+async fn remove<K: Kind>(ctx: &Context, client: &mut Client, id: &str, force: bool) -> Result<()> {
+    let reply = K::status(ctx, client, id, false).await?;
+    if reply.status.as_ref().is_some_and(K::is_active) {
+        if !force {
+            bail!("{} is {}, stop it first or use --force", K::NOUN, K::ACTIVE);
+        }
+        K::stop(ctx, client, id).await?;
+    }
+    K::remove(ctx, client, id).await
 }

@@ -2,10 +2,9 @@
 //! id. A failure after the pod is up removes what was made, so nothing is left behind.
 
 use anyhow::Result;
-use k8s_cri::v1::{
-    ContainerConfig, PodSandboxConfig, RemovePodSandboxRequest, StopPodSandboxRequest,
-};
+use k8s_cri::v1::{ContainerConfig, PodSandboxConfig};
 
+use super::kind::{Kind, Pods};
 use super::{create, ensure_image, report, runp, start};
 use crate::cli::RunArgs;
 use crate::client::Context;
@@ -47,15 +46,6 @@ async fn create_and_start(
 /// Stopping and removing the pod takes its containers with it.
 async fn remove_pod(ctx: &Context, pod_id: &str) -> Result<()> {
     let mut client = ctx.runtime().await?;
-    let request = StopPodSandboxRequest {
-        pod_sandbox_id: pod_id.to_owned(),
-    };
-    ctx.trace("StopPodSandboxRequest", &request);
-    client.stop_pod_sandbox(request).await?;
-    let request = RemovePodSandboxRequest {
-        pod_sandbox_id: pod_id.to_owned(),
-    };
-    ctx.trace("RemovePodSandboxRequest", &request);
-    client.remove_pod_sandbox(request).await?;
-    Ok(())
+    Pods::stop(ctx, &mut client, pod_id).await?;
+    Pods::remove(ctx, &mut client, pod_id).await
 }

@@ -3,22 +3,22 @@
 use anyhow::Result;
 use k8s_cri::v1::StartContainerRequest;
 
-use super::{finish, report};
+use super::each_id;
 use crate::cli::StartArgs;
 use crate::client::Context;
 
 pub async fn run(ctx: &Context, args: &StartArgs) -> Result<()> {
-    let mut failed = 0;
-    for id in &args.containers {
-        match start(ctx, id).await {
-            Ok(()) => println!("{id}"),
-            Err(err) => {
-                report("starting container", id, &err);
-                failed += 1;
-            }
-        }
-    }
-    finish(failed, "starting containers")
+    each_id(
+        &args.containers,
+        "starting container",
+        "starting containers",
+        async |id| {
+            start(ctx, id).await?;
+            println!("{id}");
+            Ok(())
+        },
+    )
+    .await
 }
 
 pub async fn start(ctx: &Context, id: &str) -> Result<()> {

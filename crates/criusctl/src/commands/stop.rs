@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Result;
 use k8s_cri::v1::StopContainerRequest;
 
-use super::{finish, report};
+use super::each_id;
 use crate::cli::StopArgs;
 use crate::client::Context;
 
@@ -20,22 +20,23 @@ pub fn grace_period(args: &StopArgs, global: Option<Duration>) -> i64 {
 pub async fn run(ctx: &Context, args: &StopArgs, global: Option<Duration>) -> Result<()> {
     let timeout = grace_period(args, global);
     let mut client = ctx.runtime().await?;
-    let mut failed = 0;
-    for id in &args.containers {
-        let request = StopContainerRequest {
-            container_id: id.clone(),
-            timeout,
-        };
-        ctx.trace("StopContainerRequest", &request);
-        match client.stop_container(request).await {
-            Ok(_) => println!("{id}"),
-            Err(status) => {
-                report("stopping container", id, &status.into());
-                failed += 1;
-            }
-        }
-    }
-    finish(failed, "stopping containers")
+    each_id(
+        &args.containers,
+        "stopping container",
+        "stopping containers",
+        async |id| {
+            // Its own request, not `Containers::stop` (kind.rs): this one has a grace period.
+            let request = StopContainerRequest {
+                container_id: id.to_owned(),
+                timeout,
+            };
+            ctx.trace("StopContainerRequest", &request);
+            client.stop_container(request).await?;
+            println!("{id}");
+            Ok(())
+        },
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -3,31 +3,31 @@
 use anyhow::{Result, bail};
 use k8s_cri::v1::{LinuxContainerResources, UpdateContainerResourcesRequest};
 
-use super::{finish, report};
+use super::each_id;
 use crate::cli::UpdateArgs;
 use crate::client::Context;
 
 pub async fn run(ctx: &Context, args: &UpdateArgs) -> Result<()> {
     let resources = resources(args)?;
     let mut client = ctx.runtime().await?;
-    let mut failed = 0;
-    for id in &args.containers {
-        let request = UpdateContainerResourcesRequest {
-            container_id: id.clone(),
-            linux: Some(resources.clone()),
-            windows: None,
-            annotations: Default::default(),
-        };
-        ctx.trace("UpdateContainerResourcesRequest", &request);
-        match client.update_container_resources(request).await {
-            Ok(_) => println!("{id}"),
-            Err(status) => {
-                report("updating container", id, &status.into());
-                failed += 1;
-            }
-        }
-    }
-    finish(failed, "updating containers")
+    each_id(
+        &args.containers,
+        "updating container",
+        "updating containers",
+        async |id| {
+            let request = UpdateContainerResourcesRequest {
+                container_id: id.to_owned(),
+                linux: Some(resources.clone()),
+                windows: None,
+                annotations: Default::default(),
+            };
+            ctx.trace("UpdateContainerResourcesRequest", &request);
+            client.update_container_resources(request).await?;
+            println!("{id}");
+            Ok(())
+        },
+    )
+    .await
 }
 
 /// The resources to set; at least one flag must be given.
