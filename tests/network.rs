@@ -29,6 +29,8 @@ struct Net {
     daemon: Daemon,
     bridge: String,
     subnet_prefix: String,
+    /// `fdXX:XXXX::` when the network is dual-stack.
+    v6_prefix: Option<String>,
     data_dir: PathBuf,
     conf_dir: PathBuf,
     _dir: tempfile::TempDir,
@@ -42,7 +44,7 @@ fn rand_u16() -> u16 {
     u16::from_le_bytes(b)
 }
 
-fn conflist(plugins: Plugins, bridge: &str, subnet: &str, data_dir: &Path) -> String {
+fn conflist(plugins: Plugins, bridge: &str, subnets: &[String], data_dir: &Path) -> String {
     let (lo, br, ipam, pm) = match plugins {
         Plugins::Crius => (
             "crius-loopback",
@@ -59,7 +61,8 @@ fn conflist(plugins: Plugins, bridge: &str, subnet: &str, data_dir: &Path) -> St
             {"type": lo},
             {"type": br, "bridge": bridge, "isGateway": true, "isDefaultGateway": true, "ipMasq": true,
              "hairpinMode": true,
-             "ipam": {"type": ipam, "ranges": [[{"subnet": subnet}]], "dataDir": data_dir}},
+             "ipam": {"type": ipam, "ranges": subnets.iter().map(|s| vec![serde_json::json!({"subnet": s})]).collect::<Vec<_>>(),
+                      "dataDir": data_dir}},
             {"type": pm, "capabilities": {"portMappings": true}}
         ]
     })
@@ -68,21 +71,23 @@ fn conflist(plugins: Plugins, bridge: &str, subnet: &str, data_dir: &Path) -> St
 
 impl Net {
     async fn start(plugins: Plugins) -> Result<Net> {
+        Self::start_with(plugins, false).await
+    }
+
+    async fn start_with(plugins: Plugins, dual_stack: bool) -> Result<Net> {
         let dir = tempfile::tempdir()?;
         let n = rand_u16();
         let bridge = format!("crt{n:04x}");
         let subnet_prefix = format!("10.{}.{}", 200 + (n % 50), (n >> 8) % 250);
+        let v6_prefix = dual_stack.then(|| format!("fd{:02x}:{n:x}::", n % 256));
+        let mut subnets = vec![format!("{subnet_prefix}.0/24")];
+        subnets.extend(v6_prefix.iter().map(|p| format!("{p}/64")));
         let conf_dir = dir.path().join("net.d");
         let data_dir = dir.path().join("ipam");
         std::fs::create_dir_all(&conf_dir)?;
         std::fs::write(
             conf_dir.join("10-test.conflist"),
-            conflist(
-                plugins,
-                &bridge,
-                &format!("{subnet_prefix}.0/24"),
-                &data_dir,
-            ),
+            conflist(plugins, &bridge, &subnets, &data_dir),
         )?;
         let own_plugins = Path::new(CRIUSD).parent().unwrap();
         let config = format!(
@@ -95,6 +100,7 @@ impl Net {
             daemon,
             bridge,
             subnet_prefix,
+            v6_prefix,
             data_dir,
             conf_dir,
             _dir: dir,
@@ -162,6 +168,22 @@ impl Net {
         ))
     }
 
+    /// PodSandboxStatus's primary IP and additional IPs.
+    async fn ips(&self, id: &str) -> Result<(String, Vec<String>)> {
+        let r = self
+            .daemon
+            .runtime()
+            .await?
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: id.into(),
+                verbose: false,
+            })
+            .await?
+            .into_inner();
+        let n = r.status.unwrap().network.unwrap();
+        Ok((n.ip, n.additional_ips.into_iter().map(|i| i.ip).collect()))
+    }
+
     async fn remove(&self, id: &str) -> Result<()> {
         let mut rt = self.daemon.runtime().await?;
         rt.stop_pod_sandbox(StopPodSandboxRequest {
@@ -216,6 +238,12 @@ impl Net {
             !rules.contains(&self.subnet_prefix),
             "nft rules for the test subnet left:\n{rules}"
         );
+        if let Some(p) = &self.v6_prefix {
+            assert!(
+                !rules.contains(p.as_str()),
+                "nft rules for the test IPv6 subnet left:\n{rules}"
+            );
+        }
     }
 }
 
@@ -238,7 +266,12 @@ impl Drop for Net {
             let mut chain = String::new();
             for line in listing.lines().map(str::trim) {
                 if let Some(name) = line.strip_prefix("chain ") {
-                    chain = name.trim_end_matches(" {").to_string();
+                    // "chain prerouting { # handle 1"
+                    chain = name
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
                 } else if let Some(handle) = line
                     .contains(&tag)
                     .then(|| line.rsplit("# handle ").next())
@@ -281,17 +314,23 @@ fn walk_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn ping_from(netns: &Path, ip: &str) -> bool {
+    let applet = if ip.contains(':') { "ping6" } else { "ping" };
     Command::new("nsenter")
         .arg(format!("--net={}", netns.display()))
-        .args(["busybox", "ping", "-c1", "-W2", ip])
+        .args(["busybox", applet, "-c1", "-W2", ip])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
 }
 
-/// An HTTP server inside the pod's network namespace.
+/// An HTTP server inside the pod's network namespace, on every IPv4 address.
 fn serve_in(netns: &Path, port: u16, dir: &Path) -> Child {
+    serve_on(netns, "0.0.0.0", port, dir)
+}
+
+/// An HTTP server inside the pod's network namespace, bound to `bind` (`::` = both families).
+fn serve_on(netns: &Path, bind: &str, port: u16, dir: &Path) -> Child {
     std::fs::write(dir.join("index.html"), "hello from the pod\n").unwrap();
     let child = Command::new("nsenter")
         .arg(format!("--net={}", netns.display()))
@@ -301,7 +340,7 @@ fn serve_in(netns: &Path, port: u16, dir: &Path) -> Child {
             "http.server",
             &port.to_string(),
             "--bind",
-            "0.0.0.0",
+            bind,
             "--directory",
         ])
         .arg(dir)
@@ -394,6 +433,128 @@ async fn crius_plugins_pods_talk_and_host_ports_work() -> Result<()> {
 #[tokio::test]
 async fn reference_plugins_pods_talk_and_host_ports_work() -> Result<()> {
     pods_talk_and_host_ports_work(Plugins::Reference).await
+}
+
+/// Retries `f` for up to `within`: IPv6 addresses of the reference plugins pass duplicate
+/// address detection before they can be used.
+fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if f() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+async fn dual_stack_pods(plugins: Plugins) -> Result<()> {
+    let net = Net::start_with(plugins, true).await?;
+    let v6 = net.v6_prefix.clone().unwrap();
+    let gw6 = format!("{v6}1");
+    let host_port = 30000 + (rand_u16() % 20000);
+    let a = net.run_pod("a", &[(8080, host_port as i32)]).await?;
+    let (_, ns_a) = net.ip_and_netns(&a).await?;
+    if matches!(plugins, Plugins::Crius) {
+        // crius skips duplicate address detection (IPAM already guarantees uniqueness), so
+        // the pod's and the gateway's IPv6 addresses are usable as soon as ADD returns.
+        let pod_addrs = Command::new("nsenter")
+            .arg(format!("--net={}", ns_a.display()))
+            .args(["ip", "-6", "addr", "show", "dev", "eth0"])
+            .output()?;
+        let pod_addrs = String::from_utf8_lossy(&pod_addrs.stdout);
+        assert!(
+            pod_addrs.contains(&v6) && !pod_addrs.contains("tentative"),
+            "pod IPv6 address usable at once: {pod_addrs}"
+        );
+        let bridge_addrs = Command::new("ip")
+            .args(["-6", "addr", "show", "dev", &net.bridge])
+            .output()?;
+        let bridge_addrs = String::from_utf8_lossy(&bridge_addrs.stdout);
+        assert!(
+            bridge_addrs.contains(&gw6)
+                && !bridge_addrs.contains(&format!("{gw6}/64 scope global tentative")),
+            "gateway IPv6 address usable at once: {bridge_addrs}"
+        );
+    }
+    let b = net.run_pod("b", &[]).await?;
+    let (a4, a_more) = net.ips(&a).await?;
+    let (b4, b_more) = net.ips(&b).await?;
+    assert!(
+        a4.starts_with(&net.subnet_prefix) && b4.starts_with(&net.subnet_prefix),
+        "{plugins:?}: the primary IP is the first range's (IPv4): {a4} {b4}"
+    );
+    assert!(
+        a_more.len() == 1
+            && a_more[0].starts_with(&v6)
+            && b_more.len() == 1
+            && b_more[0].starts_with(&v6),
+        "{plugins:?}: the IPv6 address is an additional IP: {a_more:?} {b_more:?}"
+    );
+    assert_ne!(a_more, b_more);
+    let (a6, b6) = (a_more[0].clone(), b_more[0].clone());
+    let (_, ns_b) = net.ip_and_netns(&b).await?;
+    assert!(
+        eventually(Duration::from_secs(5), || ping_from(&ns_b, &a6)),
+        "{plugins:?}: pod b reaches pod a over IPv6"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || ping_from(&ns_a, &gw6)),
+        "{plugins:?}: pod a reaches the host over IPv6"
+    );
+    assert!(
+        ping_from(&ns_a, &b6),
+        "{plugins:?}: pod a reaches pod b over IPv6"
+    );
+    assert!(ping_from(&ns_a, &b4), "{plugins:?}: IPv4 still works");
+
+    let www = tempfile::tempdir()?;
+    let mut server = serve_on(&ns_a, "::", 8080, www.path());
+    let fetch = |addr: String| {
+        let mut body = None;
+        eventually(Duration::from_secs(5), || {
+            body = http_get(&addr);
+            body.is_some()
+        });
+        body
+    };
+    let direct6 = fetch(format!("[{a6}]:8080"));
+    let host_port6 = fetch(format!("[{gw6}]:{host_port}"));
+    let host_port4 = http_get(&format!("{}:{host_port}", net.gateway()));
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        direct6.is_some_and(|b| b.contains("hello from the pod")),
+        "{plugins:?}: host reaches the pod's port over IPv6"
+    );
+    assert!(
+        host_port6.is_some_and(|b| b.contains("hello from the pod")),
+        "{plugins:?}: hostPort via a host IPv6 address"
+    );
+    assert!(
+        host_port4.is_some_and(|b| b.contains("hello from the pod")),
+        "{plugins:?}: hostPort via a host IPv4 address"
+    );
+    net.remove(&a).await?;
+    net.remove(&b).await?;
+    assert!(
+        http_get(&format!("[{gw6}]:{host_port}")).is_none(),
+        "IPv6 port mapping removed"
+    );
+    net.assert_clean();
+    Ok(())
+}
+
+#[tokio::test]
+async fn crius_plugins_dual_stack() -> Result<()> {
+    dual_stack_pods(Plugins::Crius).await
+}
+
+#[tokio::test]
+async fn reference_plugins_dual_stack() -> Result<()> {
+    dual_stack_pods(Plugins::Reference).await
 }
 
 async fn fifty_pods_in_parallel(plugins: Plugins) -> Result<()> {

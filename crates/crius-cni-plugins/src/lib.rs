@@ -2,7 +2,7 @@
 //!
 //! The binaries in `src/bin/` are thin: each implements [`skel::Plugin`] and calls
 //! [`skel::run`]. Everything that talks to the kernel lives here: [`netlink`] (rtnetlink),
-//! [`netns`] (setns per thread), [`nft`] (nftables via the `nft` CLI), [`ipam`] (host-local
+//! [`netns`] (setns per thread), [`nft`] (nf_tables over netlink), [`ipam`] (host-local
 //! store and IPAM delegation).
 
 pub mod conf;

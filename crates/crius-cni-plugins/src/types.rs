@@ -18,6 +18,14 @@ impl IpNet {
         (prefix <= max_prefix(addr)).then_some(Self { addr, prefix })
     }
 
+    /// A single address: the full-length prefix.
+    pub fn host(addr: IpAddr) -> Self {
+        Self {
+            addr,
+            prefix: max_prefix(addr),
+        }
+    }
+
     /// The network address (host bits cleared).
     pub fn network(&self) -> IpAddr {
         from_bits(self.addr, to_bits(self.addr) & self.mask())

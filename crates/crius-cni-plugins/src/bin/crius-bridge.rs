@@ -6,9 +6,10 @@ use crius_cni_plugins::error::{CniError, Result};
 use crius_cni_plugins::ipam;
 use crius_cni_plugins::netlink::Netlink;
 use crius_cni_plugins::netns::NetNs;
+use crius_cni_plugins::nft::{self, Hook, NatChain, NatTable, Nft, Rule};
 use crius_cni_plugins::skel::{self, CmdArgs, Plugin, valid_ifname};
 use crius_cni_plugins::types::{CniResult, Dns, Interface, IpNet, Route, from_bits, to_bits};
-use crius_cni_plugins::{nft, runtime, sysctl};
+use crius_cni_plugins::{runtime, sysctl};
 use serde_json::Value;
 
 const DEFAULT_BRIDGE: &str = "crius0";
@@ -96,24 +97,49 @@ fn nat_tag(conf: &BridgeConf, args: &CmdArgs) -> String {
     nft::tag(&[&args.container_id, &args.ifname, &conf.network])
 }
 
-fn masq_script(conf: &BridgeConf, args: &CmdArgs, ips: &[IpNet]) -> String {
-    let tag = nat_tag(conf, args);
-    let mut s = format!(
-        "add table inet {NAT_TABLE}\nadd chain inet {NAT_TABLE} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}\n"
-    );
-    for ip in ips {
-        let (fam, mcast) = if ip.addr.is_ipv4() {
-            ("ip", "224.0.0.0/4")
-        } else {
-            ("ip6", "ff00::/8")
-        };
-        let net = ip.trunc();
-        s.push_str(&format!(
-            "add rule inet {NAT_TABLE} postrouting {fam} saddr {} {fam} daddr != {net} {fam} daddr != {mcast} masquerade comment \"{tag}\"\n",
-            ip.addr
-        ));
-    }
-    s
+const NAT_CHAINS: &[NatChain] = &[NatChain {
+    name: "postrouting",
+    hook: Hook::Postrouting,
+    priority: nft::PRIO_SRCNAT,
+}];
+
+const NAT: NatTable<'static> = NatTable {
+    name: NAT_TABLE,
+    chains: NAT_CHAINS,
+};
+
+/// Masquerade what the pod sends off its subnet, except multicast.
+fn masq_rules(tag: &str, ips: &[IpNet]) -> Vec<Rule> {
+    ips.iter()
+        .map(|ip| {
+            let mcast = if ip.addr.is_ipv4() {
+                "224.0.0.0/4"
+            } else {
+                "ff00::/8"
+            };
+            Rule::new("postrouting")
+                .saddr(IpNet::host(ip.addr))
+                .daddr_ne(ip.trunc())
+                .daddr_ne(mcast.parse().expect("static"))
+                .masquerade()
+                .comment(tag)
+        })
+        .collect()
+}
+
+/// `accept_dad=0` (and IPv6 enabled) on `ifname` inside the pod netns; nothing to do when the
+/// kernel has no IPv6.
+fn disable_dad(ns: &NetNs, ifname: &str) -> Result<()> {
+    ns.run(|| {
+        if !std::path::Path::new("/proc/sys/net/ipv6/conf")
+            .join(ifname)
+            .is_dir()
+        {
+            return Ok(());
+        }
+        sysctl::set_if("ipv6", ifname, "disable_ipv6", "0")?;
+        sysctl::set_if("ipv6", ifname, "accept_dad", "0")
+    })?
 }
 
 struct Bridge;
@@ -169,6 +195,9 @@ impl Bridge {
         let pv = pod.link_by_name(&args.ifname).await?.ok_or_else(|| {
             CniError::internal(format!("{} missing in pod netns", args.ifname), "")
         })?;
+        // Before the link goes up: its IPv6 addresses (link-local included) skip duplicate
+        // address detection, so a pod is reachable over IPv6 as soon as ADD returns.
+        disable_dad(ns, &args.ifname)?;
         pod.set_up(pv.index).await?;
 
         let mut result = CniResult::default();
@@ -223,10 +252,12 @@ impl Bridge {
             routes.push(Route { dst: r.dst, gw });
         }
         if conf.ip_masq && !result.ips.is_empty() {
+            let mut nf = Nft::open()?;
             let _lock = nft::lock()?;
             undo.nat = true;
             let ips: Vec<IpNet> = result.ips.iter().map(|i| i.address).collect();
-            nft::apply(&masq_script(conf, args, &ips))?;
+            let tag = nat_tag(conf, args);
+            nf.replace_tagged(&NAT, &tag, &masq_rules(&tag, &ips))?;
         }
         let brl = host
             .link_by_index(br.index)
@@ -273,9 +304,10 @@ impl Bridge {
     /// Undo a failed ADD (best effort, errors of the rollback itself are dropped).
     async fn rollback(&self, args: &CmdArgs, conf: &BridgeConf, undo: Undo) {
         if undo.nat
+            && let Ok(mut nf) = Nft::open()
             && let Ok(_lock) = nft::lock()
         {
-            let _ = nft::delete_tagged("inet", NAT_TABLE, &nat_tag(conf, args));
+            let _ = nf.delete_tagged(NAT_TABLE, &nat_tag(conf, args));
         }
         if undo.ipam
             && let Some(t) = &conf.ipam_type
@@ -311,6 +343,17 @@ impl Plugin for Bridge {
 
     fn del(&self, args: &CmdArgs) -> Result<()> {
         let conf = BridgeConf::parse(args)?;
+        // NAT first, and the socket stays open until DEL returns: closing a NETLINK_NETFILTER
+        // socket waits until nf_tables has freed what the commit deleted (an RCU grace period,
+        // ~10-20 ms), which then overlaps the IPAM and link teardown instead of adding to it.
+        let _nat = if conf.ip_masq {
+            let mut nf = Nft::open()?;
+            let _lock = nft::lock()?;
+            nf.delete_tagged(NAT_TABLE, &nat_tag(&conf, args))?;
+            Some(nf)
+        } else {
+            None
+        };
         if let Some(t) = &conf.ipam_type {
             ipam::delegate(args, t, "DEL")?;
         }
@@ -333,10 +376,6 @@ impl Plugin for Bridge {
             }
             Ok::<_, CniError>(())
         })?;
-        if conf.ip_masq {
-            let _lock = nft::lock()?;
-            nft::delete_tagged("inet", NAT_TABLE, &nat_tag(&conf, args))?;
-        }
         Ok(())
     }
 
@@ -385,6 +424,10 @@ fn main() {
 }
 
 #[cfg(test)]
+#[path = "../../tests/common/nft_equiv.rs"]
+mod nft_equiv;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -394,5 +437,44 @@ mod tests {
         assert_eq!(a.len(), 14);
         assert_eq!(a, host_veth_name("net", "abc", "eth0"));
         assert_ne!(a, host_veth_name("net", "abc", "eth1"));
+    }
+
+    /// The script ADD ran before nftables was spoken over netlink: the reference.
+    fn legacy_script(table: &str, tag: &str, ips: &[IpNet]) -> String {
+        let mut s = format!(
+            "add table inet {table}\nadd chain inet {table} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}\n"
+        );
+        for ip in ips {
+            let (fam, mcast) = if ip.addr.is_ipv4() {
+                ("ip", "224.0.0.0/4")
+            } else {
+                ("ip6", "ff00::/8")
+            };
+            let net = ip.trunc();
+            s.push_str(&format!(
+                "add rule inet {table} postrouting {fam} saddr {} {fam} daddr != {net} {fam} daddr != {mcast} masquerade comment \"{tag}\"\n",
+                ip.addr
+            ));
+        }
+        s
+    }
+
+    #[test]
+    fn masq_rules_match_the_nft_script() {
+        if !nft_equiv::usable() {
+            return;
+        }
+        let tag = nft::tag(&["0123abcd", "eth0", "crius net"]);
+        for (case, ips) in [
+            ("v4", &["10.99.3.7/16"][..]),
+            ("v6", &["fd00:99::7/64"]),
+            ("dual", &["10.88.0.9/24", "fd00:88:0:1::9/60"]),
+            ("odd", &["172.20.5.3/20", "fd12:3456:789a::1/127"]),
+        ] {
+            let ips: Vec<IpNet> = ips.iter().map(|s| s.parse().unwrap()).collect();
+            nft_equiv::assert_same_rules(case, NAT_CHAINS, &tag, &masq_rules(&tag, &ips), |t| {
+                legacy_script(t, &tag, &ips)
+            });
+        }
     }
 }

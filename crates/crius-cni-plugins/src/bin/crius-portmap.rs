@@ -6,36 +6,20 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use crius_cni_plugins::conf::Obj;
-use crius_cni_plugins::error::{CniError, ErrorCode, Result};
+use crius_cni_plugins::error::{CniError, Result};
+use crius_cni_plugins::nft::{self, Hook, L4Proto, NatChain, NatTable, NfProto, Nft, Rule};
 use crius_cni_plugins::skel::{self, CmdArgs, Plugin};
+use crius_cni_plugins::sysctl;
 use crius_cni_plugins::types::{CniResult, IpNet};
-use crius_cni_plugins::{nft, sysctl};
 use serde_json::Value;
 
 const TABLE: &str = "crius-portmap";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Proto {
-    Tcp,
-    Udp,
-    Sctp,
-}
-
-impl Proto {
-    fn as_str(self) -> &'static str {
-        match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-            Proto::Sctp => "sctp",
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 struct PortMapping {
     host_port: u16,
     container_port: u16,
-    proto: Proto,
+    proto: L4Proto,
     host_ip: Option<IpAddr>,
 }
 
@@ -70,9 +54,9 @@ fn parse_mappings(args: &CmdArgs) -> Result<Vec<PortMapping>> {
             .map(str::to_ascii_lowercase)
             .as_deref()
         {
-            None | Some("") | Some("tcp") => Proto::Tcp,
-            Some("udp") => Proto::Udp,
-            Some("sctp") => Proto::Sctp,
+            None | Some("") | Some("tcp") => L4Proto::Tcp,
+            Some("udp") => L4Proto::Udp,
+            Some("sctp") => L4Proto::Sctp,
             Some(other) => {
                 return Err(CniError::config(
                     &o.field("protocol"),
@@ -120,54 +104,62 @@ fn tag(args: &CmdArgs) -> Result<String> {
     ]))
 }
 
-fn script(maps: &[PortMapping], ips: &[IpNet], tag: &str) -> String {
-    let mut s = format!(
-        "add table inet {TABLE}\n\
-         add chain inet {TABLE} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}\n\
-         add chain inet {TABLE} output {{ type nat hook output priority -100; policy accept; }}\n\
-         add chain inet {TABLE} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}\n"
-    );
+const CHAINS: &[NatChain] = &[
+    NatChain {
+        name: "prerouting",
+        hook: Hook::Prerouting,
+        priority: nft::PRIO_DSTNAT,
+    },
+    NatChain {
+        name: "output",
+        hook: Hook::Output,
+        priority: -100,
+    },
+    NatChain {
+        name: "postrouting",
+        hook: Hook::Postrouting,
+        priority: nft::PRIO_SRCNAT,
+    },
+];
+
+fn rules(maps: &[PortMapping], ips: &[IpNet], tag: &str) -> Vec<Rule> {
+    let mut out = Vec::new();
     for m in maps {
         for ip in ips {
             let v4 = ip.addr.is_ipv4();
             if m.host_ip.is_some_and(|h| h.is_ipv4() != v4) {
                 continue;
             }
-            let fam = if v4 { "ip" } else { "ip6" };
-            let dest = if v4 {
-                format!("{}:{}", ip.addr, m.container_port)
-            } else {
-                format!("[{}]:{}", ip.addr, m.container_port)
-            };
-            let daddr = match m.host_ip {
-                Some(h) => format!("{fam} daddr {h}"),
-                None => format!("meta nfproto {}", if v4 { "ipv4" } else { "ipv6" }),
-            };
-            let p = m.proto.as_str();
             for chain in ["prerouting", "output"] {
-                s.push_str(&format!(
-                    "add rule inet {TABLE} {chain} fib daddr type local {daddr} {p} dport {} dnat {fam} to {dest} comment \"{tag}\"\n",
-                    m.host_port
-                ));
+                let r = Rule::new(chain).fib_daddr_local();
+                let r = match m.host_ip {
+                    Some(h) => r.daddr(IpNet::host(h)),
+                    None => r.nfproto(NfProto::of(ip.addr)),
+                };
+                out.push(
+                    r.dport(m.proto, m.host_port)
+                        .dnat(ip.addr, m.container_port)
+                        .comment(tag),
+                );
             }
-            let to_pod = format!(
-                "{fam} daddr {} {p} dport {} ct status dnat",
-                ip.addr, m.container_port
-            );
+            let to_pod = |from: IpNet| {
+                Rule::new("postrouting")
+                    .saddr(from)
+                    .daddr(IpNet::host(ip.addr))
+                    .dport(m.proto, m.container_port)
+                    .ct_status_dnat()
+                    .masquerade()
+                    .comment(tag)
+            };
             // Hairpin: a pod of the subnet (this one included) reaching the pod via a host port.
-            s.push_str(&format!(
-                "add rule inet {TABLE} postrouting {fam} saddr {} {to_pod} masquerade comment \"{tag}\"\n",
-                ip.trunc()
-            ));
+            out.push(to_pod(ip.trunc()));
             if v4 {
                 // Host-local clients (127.0.0.1): the pod cannot answer a loopback source.
-                s.push_str(&format!(
-                    "add rule inet {TABLE} postrouting ip saddr 127.0.0.0/8 {to_pod} masquerade comment \"{tag}\"\n"
-                ));
+                out.push(to_pod("127.0.0.0/8".parse().expect("static")));
             }
         }
     }
-    s
+    out
 }
 
 /// route_localnet on the host interfaces of the attachment so DNAT of 127.0.0.1 is routable.
@@ -198,29 +190,27 @@ impl Plugin for Portmap {
                     "no pod IP to map ports to",
                 ));
             }
-            if !nft::available() {
-                return Err(CniError::new(
-                    ErrorCode::Internal,
-                    "nft is not installed",
-                    "crius-portmap needs nftables",
-                ));
-            }
+            let mut nf = Nft::open()?;
             enable_localnet(&prev)?;
             let _lock = nft::lock()?;
             // A retried ADD replaces its own rules rather than duplicating them.
-            nft::delete_tagged("inet", TABLE, &tag)?;
-            nft::apply(&script(&maps, &ips, &tag))?;
+            let table = NatTable {
+                name: TABLE,
+                chains: CHAINS,
+            };
+            nf.replace_tagged(&table, &tag, &rules(&maps, &ips, &tag))?;
         }
         Ok(prev.to_json(&args.cni_version))
     }
 
     fn del(&self, args: &CmdArgs) -> Result<()> {
         let tag = tag(args)?;
-        if !nft::available() {
+        // Without nf_tables there cannot be rules to delete.
+        let Ok(mut nf) = Nft::open() else {
             return Ok(());
-        }
+        };
         let _lock = nft::lock()?;
-        nft::delete_tagged("inet", TABLE, &tag).map(drop)
+        nf.delete_tagged(TABLE, &tag).map(drop)
     }
 
     fn check(&self, args: &CmdArgs) -> Result<()> {
@@ -230,7 +220,8 @@ impl Plugin for Portmap {
             return Ok(());
         }
         let tag = tag(args)?;
-        let n = nft::list_rules("inet", TABLE)?
+        let n = Nft::open()?
+            .list_rules(TABLE)?
             .unwrap_or_default()
             .iter()
             .filter(|r| r.comment.as_deref() == Some(tag.as_str()))
@@ -251,4 +242,124 @@ impl Plugin for Portmap {
 
 fn main() {
     skel::run(&Portmap)
+}
+
+#[cfg(test)]
+#[path = "../../tests/common/nft_equiv.rs"]
+mod nft_equiv;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The script ADD ran before nftables was spoken over netlink: the reference.
+    fn legacy_script(table: &str, maps: &[PortMapping], ips: &[IpNet], tag: &str) -> String {
+        let mut s = format!(
+            "add table inet {table}\n\
+             add chain inet {table} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}\n\
+             add chain inet {table} output {{ type nat hook output priority -100; policy accept; }}\n\
+             add chain inet {table} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}\n"
+        );
+        for m in maps {
+            for ip in ips {
+                let v4 = ip.addr.is_ipv4();
+                if m.host_ip.is_some_and(|h| h.is_ipv4() != v4) {
+                    continue;
+                }
+                let fam = if v4 { "ip" } else { "ip6" };
+                let dest = if v4 {
+                    format!("{}:{}", ip.addr, m.container_port)
+                } else {
+                    format!("[{}]:{}", ip.addr, m.container_port)
+                };
+                let daddr = match m.host_ip {
+                    Some(h) => format!("{fam} daddr {h}"),
+                    None => format!("meta nfproto {}", if v4 { "ipv4" } else { "ipv6" }),
+                };
+                let p = m.proto.as_str();
+                for chain in ["prerouting", "output"] {
+                    s.push_str(&format!(
+                        "add rule inet {table} {chain} fib daddr type local {daddr} {p} dport {} dnat {fam} to {dest} comment \"{tag}\"\n",
+                        m.host_port
+                    ));
+                }
+                let to_pod = format!(
+                    "{fam} daddr {} {p} dport {} ct status dnat",
+                    ip.addr, m.container_port
+                );
+                s.push_str(&format!(
+                    "add rule inet {table} postrouting {fam} saddr {} {to_pod} masquerade comment \"{tag}\"\n",
+                    ip.trunc()
+                ));
+                if v4 {
+                    s.push_str(&format!(
+                        "add rule inet {table} postrouting ip saddr 127.0.0.0/8 {to_pod} masquerade comment \"{tag}\"\n"
+                    ));
+                }
+            }
+        }
+        s
+    }
+
+    fn pm(
+        host_port: u16,
+        container_port: u16,
+        proto: L4Proto,
+        host_ip: Option<&str>,
+    ) -> PortMapping {
+        PortMapping {
+            host_port,
+            container_port,
+            proto,
+            host_ip: host_ip.map(|h| h.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn rules_match_the_nft_script() {
+        if !nft_equiv::usable() {
+            return;
+        }
+        let tag = nft::tag(&["0123abcd", "eth0", "crius"]);
+        let v4 = ["10.99.3.7/16"];
+        let v6 = ["fd00:99::7/64"];
+        let dual = ["10.88.0.9/24", "fd00:88::9/64"];
+        let cases: [(&str, &[&str], Vec<PortMapping>); 6] = [
+            ("v4", &v4, vec![pm(8080, 80, L4Proto::Tcp, None)]),
+            (
+                "v4-hostip",
+                &v4,
+                vec![
+                    pm(5353, 53, L4Proto::Udp, Some("192.168.7.1")),
+                    pm(9999, 9, L4Proto::Sctp, Some("127.0.0.1")),
+                ],
+            ),
+            ("v6", &v6, vec![pm(8443, 443, L4Proto::Sctp, None)]),
+            (
+                "v6-hostip",
+                &v6,
+                vec![pm(8053, 53, L4Proto::Udp, Some("fd00:1::1"))],
+            ),
+            (
+                "dual",
+                &dual,
+                vec![
+                    pm(8080, 80, L4Proto::Tcp, None),
+                    pm(8081, 81, L4Proto::Udp, Some("10.0.0.1")),
+                    pm(8082, 82, L4Proto::Sctp, Some("fd00:2::2")),
+                ],
+            ),
+            (
+                "odd-prefix",
+                &["172.20.5.3/20", "fd12::3/61"],
+                vec![pm(1, 65535, L4Proto::Tcp, None)],
+            ),
+        ];
+        for (case, ips, maps) in cases {
+            let ips: Vec<IpNet> = ips.iter().map(|s| s.parse().unwrap()).collect();
+            nft_equiv::assert_same_rules(case, CHAINS, &tag, &rules(&maps, &ips, &tag), |t| {
+                legacy_script(t, &maps, &ips, &tag)
+            });
+        }
+    }
 }
