@@ -58,12 +58,28 @@ if [[ -n $procs ]]; then
   echo "$procs" | sed 's/^/  /'
   leaks=1
 fi
+tables=$(nft list tables 2>/dev/null | grep -E 'crius-(nat|portmap|test)' || true)
+if [[ -n $tables ]]; then
+  echo "LEAK: nftables tables of crius's plugins left (a pod's NAT rules were not removed):"
+  echo "$tables" | sed 's/^/  /'
+  leaks=1
+fi
+links=$(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | sed 's/@.*//' |
+  grep -E '^(crt[0-9a-f]{4}|crbr[0-9a-f]+|crbench0|criust|crius-cni-test)' || true)
+if [[ -n $links ]]; then
+  echo "LEAK: test bridges left:"
+  echo "$links" | sed 's/^/  /'
+  leaks=1
+fi
+# Debian's reference portmap keeps its CNI-HOSTPORT-* scaffolding after its last pod: not a
+# leak of ours, but the host is left as it was found.
+bash hack/clean-cni-iptables.sh
 dirs=$(find "${TMPDIR:-/tmp}" -maxdepth 1 -name 'crius-testkit-*' 2>/dev/null || true)
 if [[ -n $dirs ]]; then
   echo "note: temp dirs left behind (kept on purpose when unmounting failed, or from killed runs):"
   echo "$dirs" | sed 's/^/  /'
 fi
-((leaks == 0)) && echo "no leaked mounts or processes"
+((leaks == 0)) && echo "no leaked mounts, processes, nft tables or test bridges"
 
 step "summary"
 read -r passed failed ignored < <(awk '

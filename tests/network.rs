@@ -283,7 +283,13 @@ impl Drop for Net {
                 }
             }
         }
-        if let Ok(out) = Command::new("iptables-save").args(["-t", "nat"]).output() {
+        for ipt in ["iptables", "ip6tables"] {
+            let Ok(out) = Command::new(format!("{ipt}-save"))
+                .args(["-t", "nat"])
+                .output()
+            else {
+                continue;
+            };
             let rules = String::from_utf8_lossy(&out.stdout).into_owned();
             for rule in rules
                 .lines()
@@ -291,7 +297,7 @@ impl Drop for Net {
             {
                 let _ = Command::new("sh")
                     .arg("-c")
-                    .arg(format!("iptables -t nat -D {}", &rule[3..]))
+                    .arg(format!("{ipt} -t nat -D {}", &rule[3..]))
                     .status();
             }
         }
