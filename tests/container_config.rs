@@ -1,6 +1,6 @@
 //! What a container gets from its config and image, observed from inside: image defaults,
 //! mounts and propagation, a symlinked host path, the pod's shared PID namespace, long log
-//! lines, resource updates and the oom_score_adj clamp.
+//! lines, resource updates, the oom_score_adj clamp and OOM kills.
 
 mod common;
 
@@ -11,9 +11,10 @@ use anyhow::Result;
 use common::pods::*;
 use crius_testkit::{image, push_image};
 use k8s_cri::v1::{
-    ContainerStatusRequest, ImageSpec, KeyValue, LinuxContainerConfig, LinuxContainerResources,
-    LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, Mount,
-    MountPropagation, NamespaceMode, NamespaceOption, UpdateContainerResourcesRequest,
+    ContainerState, ContainerStatusRequest, ImageSpec, KeyValue, LinuxContainerConfig,
+    LinuxContainerResources, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
+    LinuxSandboxSecurityContext, Mount, MountPropagation, NamespaceMode, NamespaceOption,
+    UpdateContainerResourcesRequest,
 };
 
 async fn pid_of(pod: &Pod, id: &str) -> Result<u64> {
@@ -403,4 +404,51 @@ async fn resource_updates_and_the_oom_score_adj_clamp() -> Result<()> {
         64 * 1024 * 1024
     );
     pod.teardown().await
+}
+
+/// A container whose memory use passes its limit is killed by the kernel's OOM killer and
+/// reported with reason OOMKilled (kubelet shows it and restarts with back-off); a container
+/// that fails on its own under the same limit is reported as Error.
+#[tokio::test]
+async fn oom_killed_containers_are_reported_as_such() -> Result<()> {
+    for handler in ["runc", "crun"] {
+        let pod = pod_with_busybox(handler).await?;
+        let limited = |name: &str, script: &str| {
+            let mut c = container(name, &["sh", "-c", script]);
+            c.linux = Some(LinuxContainerConfig {
+                resources: Some(LinuxContainerResources {
+                    memory_limit_in_bytes: 32 * 1024 * 1024,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            c
+        };
+        // The shell keeps the command substitution's output in memory: it grows past 32 MiB.
+        let hog = pod
+            .create(limited("hog", "x=$(cat /dev/urandom); echo never"))
+            .await?;
+        let fails = pod.create(limited("fails", "exit 3")).await?;
+        let mut rt = pod.env.daemon.runtime().await?;
+        for id in [&hog, &fails] {
+            rt.start_container(k8s_cri::v1::StartContainerRequest {
+                container_id: id.to_string(),
+            })
+            .await?;
+        }
+        let st = pod.wait_exited(&hog).await?;
+        assert_eq!(
+            (st.state, st.reason.as_str(), st.exit_code),
+            (ContainerState::ContainerExited as i32, "OOMKilled", 137),
+            "{handler}: {st:?}"
+        );
+        let st = pod.wait_exited(&fails).await?;
+        assert_eq!(
+            (st.reason.as_str(), st.exit_code),
+            ("Error", 3),
+            "{handler}: {st:?}"
+        );
+        pod.teardown().await?;
+    }
+    Ok(())
 }

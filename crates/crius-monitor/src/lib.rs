@@ -25,11 +25,13 @@
 pub mod client;
 pub mod cri_log;
 pub mod exit_file;
+pub mod oom;
 pub mod protocol;
 pub mod spawn;
 
 pub use client::{MonitorClient, monitor_error};
 pub use exit_file::{ExitRecord, read_exit_file, write_exit_file};
+pub use oom::OomCounter;
 pub use protocol::{
     ContainerState, ContainerStatus, CreateRequest, ErrorCode, ExecRequest, ExecResult,
     MonitorError, Request, Response, User,

@@ -4,7 +4,7 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
 use crius_monitor::cri_log::now_unix_nanos;
-use crius_monitor::{ContainerState, ContainerStatus, ExitRecord, write_exit_file};
+use crius_monitor::{ContainerState, ContainerStatus, ExitRecord, OomCounter, write_exit_file};
 
 use crate::log_writer::{LogFile, OutputPipe};
 
@@ -23,6 +23,8 @@ pub struct Container {
     /// Write end of the container's stdin, held open so the container does not see EOF
     /// (attach is not implemented yet; with a tty this is `None` and the master is `stdout`).
     pub stdin: Option<OwnedFd>,
+    /// The OOM kill counter of the container's memory cgroup, read once it was created.
+    pub oom: Option<OomCounter>,
 }
 
 impl Container {
@@ -42,7 +44,7 @@ impl Container {
         let rec = ExitRecord {
             exit_code: code,
             exited_at_unix_nanos: at,
-            oom: false,
+            oom: self.oom.as_ref().is_some_and(OomCounter::fired),
         };
         if let Err(e) = write_exit_file(&self.exit_dir, &self.id, &rec) {
             eprintln!(

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use crius_monitor::cri_log::{Stream, now_unix_nanos};
 use crius_monitor::{
-    ContainerStatus, CreateRequest, ErrorCode, ExecRequest, ExecResult, MonitorError, Request,
-    Response,
+    ContainerStatus, CreateRequest, ErrorCode, ExecRequest, ExecResult, MonitorError, OomCounter,
+    Request, Response,
 };
 
 use crate::container::Container;
@@ -130,6 +130,7 @@ impl Monitor {
             stdout: None,
             stderr: None,
             stdin: None,
+            oom: None,
         };
         let pid_file = req.bundle.join("pid");
         let _ = fs::remove_file(&pid_file);
@@ -461,6 +462,7 @@ impl Monitor {
             }
         }
         c.pid = pid;
+        c.oom = OomCounter::of_pid(pid);
         self.containers.push(c);
         if let Some((code, at)) = self.recent_exits.take(pid) {
             let last = self.containers.len() - 1;
