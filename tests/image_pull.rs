@@ -401,6 +401,43 @@ async fn tls_registry_with_basic_auth() -> Result<()> {
     Ok(())
 }
 
+/// Concurrent pulls of one image share one pull only when their credentials match: a pull
+/// with a wrong password must not succeed by joining a pull whose password was right.
+#[tokio::test]
+async fn a_pull_with_other_credentials_does_not_join_a_running_pull() -> Result<()> {
+    let registry = crius_testkit::Registry::start_tls_basic_auth("alice", "s3cret")?;
+    let img = image::large_image(24);
+    push_image(&registry, "team/big", "v1", &img).await?;
+    let config = registry.mirror_toml("registry.example.test");
+    let daemon =
+        crius_testkit::Daemon::start(crius_testkit::DaemonOptions::new(CRIUSD).config(config))
+            .await?;
+    let name = "registry.example.test/team/big:v1";
+    let auth = |password: &str| AuthConfig {
+        username: "alice".into(),
+        password: password.into(),
+        ..Default::default()
+    };
+    let (good, wrong, none) = tokio::join!(
+        pull(&daemon, name, Some(auth("s3cret"))),
+        async {
+            // Let the good pull get under way first.
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            pull(&daemon, name, Some(auth("nope"))).await
+        },
+        async {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            pull(&daemon, name, None).await
+        }
+    );
+    assert_eq!(good?.image_ref, img.config_digest);
+    let wrong = wrong.expect_err("wrong password");
+    assert_eq!(wrong.code(), Code::Unauthenticated, "{wrong:?}");
+    let none = none.expect_err("no credentials");
+    assert_eq!(none.code(), Code::Unauthenticated, "{none:?}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn bad_reference_and_unknown_repository() -> Result<()> {
     let env = Env::start().await?;

@@ -105,8 +105,11 @@ impl Puller {
     ) -> Result<PullHandle, ImageError> {
         let reference = Reference::parse(image)?;
         let key = reference.to_string();
+        // Only pulls with the same credentials are joined: a pull without (or with wrong)
+        // credentials must not succeed by riding on one whose credentials the registry took.
+        let pull_key = format!("{key}\n{}", credentials_fingerprint(creds.as_ref()));
         let mut pulls = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((done, progress)) = pulls.get(&key) {
+        if let Some((done, progress)) = pulls.get(&pull_key) {
             return Ok(PullHandle {
                 reference: key,
                 progress: progress.clone(),
@@ -119,7 +122,7 @@ impl Puller {
         });
         let this = self.clone();
         let span = info_span!("pull", image = %key);
-        let task_key = key.clone();
+        let task_key = pull_key.clone();
         let task = tokio::spawn(
             async move {
                 let started = std::time::Instant::now();
@@ -145,7 +148,7 @@ impl Puller {
         }
         .boxed()
         .shared();
-        pulls.insert(key.clone(), (done.clone(), rx.clone()));
+        pulls.insert(pull_key, (done.clone(), rx.clone()));
         Ok(PullHandle {
             reference: key,
             progress: rx,
@@ -417,4 +420,30 @@ impl Puller {
         set_state(LayerState::Done, Some(desc.size));
         Ok(())
     }
+}
+
+/// A digest standing for the credentials of a pull (never the secrets themselves in a key).
+fn credentials_fingerprint(creds: Option<&Credentials>) -> String {
+    use sha2::{Digest, Sha256};
+    let Some(creds) = creds else {
+        return "anonymous".into();
+    };
+    let mut h = Sha256::new();
+    match creds {
+        Credentials::Basic { username, password } => {
+            h.update(b"basic\0");
+            h.update(username.as_bytes());
+            h.update(b"\0");
+            h.update(password.as_bytes());
+        }
+        Credentials::IdentityToken(t) => {
+            h.update(b"identity\0");
+            h.update(t.as_bytes());
+        }
+        Credentials::RegistryToken(t) => {
+            h.update(b"registry\0");
+            h.update(t.as_bytes());
+        }
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
