@@ -358,6 +358,12 @@ fn serve_on(netns: &Path, bind: &str, port: u16, dir: &Path) -> Child {
     child
 }
 
+/// Whether a response came from the test server in the pod.
+fn served(body: &Option<String>) -> bool {
+    body.as_deref()
+        .is_some_and(|b| b.contains("hello from the pod"))
+}
+
 fn http_get(addr: &str) -> Option<String> {
     let mut s =
         std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(3)).ok()?;
@@ -402,16 +408,13 @@ async fn pods_talk_and_host_ports_work(plugins: Plugins) -> Result<()> {
     let _ = server.kill();
     let _ = server.wait();
     let from_pod = from_pod?;
+    assert!(served(&direct), "{plugins:?}: host reaches the pod's port");
     assert!(
-        direct.is_some_and(|b| b.contains("hello from the pod")),
-        "{plugins:?}: host reaches the pod's port"
-    );
-    assert!(
-        via_localhost.is_some_and(|b| b.contains("hello from the pod")),
+        served(&via_localhost),
         "{plugins:?}: hostPort via 127.0.0.1"
     );
     assert!(
-        via_gateway.is_some_and(|b| b.contains("hello from the pod")),
+        served(&via_gateway),
         "{plugins:?}: hostPort via a host address"
     );
     assert!(
@@ -532,15 +535,15 @@ async fn dual_stack_pods(plugins: Plugins) -> Result<()> {
     let _ = server.kill();
     let _ = server.wait();
     assert!(
-        direct6.is_some_and(|b| b.contains("hello from the pod")),
+        served(&direct6),
         "{plugins:?}: host reaches the pod's port over IPv6"
     );
     assert!(
-        host_port6.is_some_and(|b| b.contains("hello from the pod")),
+        served(&host_port6),
         "{plugins:?}: hostPort via a host IPv6 address"
     );
     assert!(
-        host_port4.is_some_and(|b| b.contains("hello from the pod")),
+        served(&host_port4),
         "{plugins:?}: hostPort via a host IPv4 address"
     );
     net.remove(&a).await?;
