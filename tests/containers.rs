@@ -312,3 +312,79 @@ async fn containers_survive_a_daemon_kill9() -> Result<()> {
     assert_eq!(out.stdout, b"still here\n");
     pod.teardown().await
 }
+
+/// The pod's monitor is killed: a container that exits afterwards is reported exited with an
+/// unknown code (nothing could record it), a container still running is stopped by crius when
+/// the monitor is replaced, and the pod keeps working with a new monitor.
+#[tokio::test]
+async fn a_dead_monitor_leaves_no_container_stuck() -> Result<()> {
+    let pod = pod_with_busybox("runc").await?;
+    let long = pod.run("long", &["sleep", "1000"]).await?;
+    let short = pod.run("short", &["sh", "-c", "sleep 2; exit 7"]).await?;
+    let verbose = pod
+        .env
+        .daemon
+        .runtime()
+        .await?
+        .container_status(ContainerStatusRequest {
+            container_id: long.clone(),
+            verbose: true,
+        })
+        .await?;
+    let info: serde_json::Value = serde_json::from_str(&verbose.into_inner().info["info"])?;
+    let long_pid = info["pid"].as_u64().unwrap();
+    let pid_file = pod
+        .env
+        .daemon
+        .state()
+        .join("pods")
+        .join(&pod.pod_id)
+        .join("monitor/monitor.pid");
+    let monitor: i32 = std::fs::read_to_string(&pid_file)?.trim().parse()?;
+    // SAFETY: signalling the monitor process the test's daemon started.
+    assert_eq!(unsafe { libc::kill(monitor, libc::SIGKILL) }, 0);
+
+    let st = pod.wait_exited(&short).await?;
+    assert_eq!(
+        (st.state, st.exit_code, st.reason.as_str()),
+        (ContainerState::ContainerExited as i32, 255, "Unknown"),
+        "an exit nobody could record: {st:?}"
+    );
+    assert!(st.message.contains("monitor"), "{}", st.message);
+    assert_eq!(
+        pod.status(&long).await?.state,
+        ContainerState::ContainerRunning as i32
+    );
+
+    let started = Instant::now();
+    pod.env
+        .daemon
+        .runtime()
+        .await?
+        .stop_container(StopContainerRequest {
+            container_id: long.clone(),
+            timeout: 30,
+        })
+        .await?;
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "stopped by crius, not after a timeout"
+    );
+    let st = pod.status(&long).await?;
+    assert_eq!(
+        (st.state, st.exit_code, st.reason.as_str()),
+        (ContainerState::ContainerExited as i32, 137, "Error"),
+        "{st:?}"
+    );
+    assert!(st.message.contains("monitor"), "{}", st.message);
+    assert!(
+        !Path::new(&format!("/proc/{long_pid}")).exists(),
+        "the orphaned container's process is really gone"
+    );
+
+    // A new monitor serves the pod: new containers run, exit codes are recorded again.
+    let again = pod.run("again", &["sh", "-c", "exit 3"]).await?;
+    let st = pod.wait_exited(&again).await?;
+    assert_eq!((st.exit_code, st.reason.as_str()), (3, "Error"), "{st:?}");
+    pod.teardown().await
+}

@@ -60,6 +60,17 @@ pub fn poll_until<E>(
     }
 }
 
+/// Whether process `pid` exists and has not exited (a zombie counts as exited).
+pub fn alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The command name may hold spaces and parentheses: the state follows the last ')'.
+    stat.rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next())
+        .is_some_and(|state| state != "Z" && state != "X")
+}
+
 fn kill_and_reap(child: &mut Child) -> io::Result<Option<ExitStatus>> {
     let _ = child.kill();
     child.wait()?;
@@ -130,6 +141,22 @@ mod tests {
         let err: Result<bool, &str> =
             poll_until(Duration::from_secs(1), Duration::ZERO, || Err("x"));
         assert_eq!(err, Err("x"));
+    }
+
+    #[test]
+    fn alive_tells_running_from_exited() {
+        assert!(alive(std::process::id()));
+        let mut child = Command::new("sh").args(["-c", "exit 0"]).spawn().unwrap();
+        let pid = child.id();
+        // Exited but not reaped yet: a zombie is not alive.
+        assert!(
+            poll_until(Duration::from_secs(5), Duration::from_millis(5), || {
+                Ok::<_, ()>(!alive(pid))
+            })
+            .unwrap()
+        );
+        child.wait().unwrap();
+        assert!(!alive(pid));
     }
 
     #[test]

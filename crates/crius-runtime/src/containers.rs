@@ -14,9 +14,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crius_monitor::{CreateRequest, ExecRequest, MonitorClient};
-use crius_oci::{ImageConfig, NsSource, PodFiles, PodNamespaces, SpecFeatures, SpecInput};
+use crius_oci::{
+    ImageConfig, NsSource, OciRuntime, PodFiles, PodNamespaces, SpecFeatures, SpecInput,
+};
 use crius_state::{create_dir_all, read_json, write_json};
 use k8s_cri::v1::{ContainerConfig, NamespaceMode};
+use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -115,6 +118,21 @@ pub struct ContainerManager {
     oom_floor: Option<i64>,
 }
 
+/// Marks a container whose exit its monitor could not record (the monitor died).
+fn mark_lost(c: &mut ContainerRecord, code: i32, reason: &str, what: &str) {
+    c.state = ContainerState::Exited;
+    c.exit_code = code;
+    c.finished_at = now();
+    if c.started_at == 0 {
+        c.started_at = c.finished_at;
+    }
+    c.reason = reason.into();
+    c.message = format!(
+        "the pod's monitor process exited unexpectedly, so the container's output and exit \
+         could no longer be collected; {what}"
+    );
+}
+
 fn now() -> i64 {
     chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
 }
@@ -179,6 +197,16 @@ impl ContainerManager {
         self.opts.root_dir.join(format!("{id}.json"))
     }
 
+    /// The OCI runtime of a container, called directly rather than through the pod's monitor.
+    fn oci_runtime(&self, c: &ContainerRecord) -> Result<crius_oci::CliRuntime, RuntimeError> {
+        Ok(crius_oci::CliRuntime::new(
+            c.runtime_handler.clone(),
+            self.runtime_path(&c.runtime_handler)?,
+            self.opts.runtime_root.join(&c.runtime_handler),
+            false,
+        ))
+    }
+
     /// The OCI runtime binary of a runtime handler.
     fn runtime_path(&self, handler: &str) -> Result<PathBuf, RuntimeError> {
         self.opts.handlers.get(handler).cloned().ok_or_else(|| {
@@ -205,9 +233,14 @@ impl ContainerManager {
         pod.dir.join("exits")
     }
 
-    /// The pod's monitor, started on first use.
+    /// The pod's monitor, started on first use, and started again if it died.
     fn monitor(&self, pod: &PodRecord) -> Result<MonitorClient, RuntimeError> {
         let socket = self.monitor_socket(pod);
+        if let Ok(c) = MonitorClient::connect(&socket) {
+            return Ok(c);
+        }
+        // One (re)start per pod at a time: two monitors must not race for the socket.
+        let _guard = self.locks.lock(&format!("monitor/{}", pod.id));
         if let Ok(c) = MonitorClient::connect(&socket) {
             return Ok(c);
         }
@@ -216,7 +249,61 @@ impl ContainerManager {
         crius_monitor::spawn_detached(&self.opts.monitor_binary, &pod.id, &dir, &socket).map_err(
             io_err("starting the pod monitor", &self.opts.monitor_binary),
         )?;
-        MonitorClient::connect(&socket).map_err(io_err("connecting to the pod monitor", &socket))
+        let client = MonitorClient::connect(&socket)
+            .map_err(io_err("connecting to the pod monitor", &socket))?;
+        self.stop_orphans(pod)?;
+        Ok(client)
+    }
+
+    /// Whether the pod's running monitor owns container `id` (and so will record its exit).
+    /// Asked only once the container's process is gone without an exit file.
+    fn monitor_knows(&self, pod: &PodRecord, id: &str) -> bool {
+        MonitorClient::connect(&self.monitor_socket(pod))
+            .and_then(|mut m| m.state())
+            .is_ok_and(|list| list.iter().any(|s| s.id == id))
+    }
+
+    /// Containers a dead monitor left behind: nothing reads their output (their next write
+    /// fails) and nothing would record their exit, so they are killed and reported exited,
+    /// as containerd does when a shim dies. The kubelet then restarts them per policy.
+    fn stop_orphans(&self, pod: &PodRecord) -> Result<(), RuntimeError> {
+        let orphans: Vec<ContainerRecord> = self
+            .lock()
+            .values()
+            .filter(|c| c.pod_id == pod.id && c.state != ContainerState::Exited)
+            .cloned()
+            .collect();
+        for mut c in orphans {
+            if Self::exit_dir(pod).join(&c.id).exists() {
+                continue; // the old monitor recorded the exit: refresh reads it
+            }
+            let alive = c.pid > 0 && crius_proc::alive(c.pid);
+            if alive || c.state == ContainerState::Created {
+                // The new monitor does not know the container: the runtime kills it directly.
+                let _ = self.oci_runtime(&c)?.kill(&c.id, Signal::SIGKILL, true);
+                let gone = crius_proc::poll_until(
+                    Duration::from_secs(5),
+                    Duration::from_millis(20),
+                    || Ok::<_, RuntimeError>(!crius_proc::alive(c.pid)),
+                )?;
+                if !gone {
+                    // Never report a container exited while its process still runs.
+                    return Err(RuntimeError::Monitor {
+                        id: c.id.clone(),
+                        op: "stop",
+                        message: "a container left by a dead monitor survived SIGKILL".into(),
+                    });
+                }
+            }
+            if alive {
+                mark_lost(&mut c, 137, "Error", "crius stopped it");
+            } else {
+                mark_lost(&mut c, 255, "Unknown", "its exit status is unknown");
+            }
+            warn!(container_id = %c.id, pod_id = %pod.id, "the pod's monitor died: container marked exited");
+            self.save(&c)?;
+        }
+        Ok(())
     }
 
     pub fn find(&self, id: &str) -> Result<Option<ContainerRecord>, RuntimeError> {
@@ -479,6 +566,21 @@ impl ContainerManager {
                 self.save(&c)?;
             }
             Ok(None) => {
+                // Its process is gone, nothing was recorded and no monitor owns it (the one
+                // that did died): the exit was lost.
+                if c.state == ContainerState::Running
+                    && c.pid > 0
+                    && !crius_proc::alive(c.pid)
+                    && !self.monitor_knows(&pod, &c.id)
+                    && crius_monitor::read_exit_file(&exit_file)
+                        .ok()
+                        .flatten()
+                        .is_none()
+                {
+                    mark_lost(&mut c, 255, "Unknown", "its exit status is unknown");
+                    self.save(&c)?;
+                    return Ok(c);
+                }
                 // No exit recorded and the runtime state is gone (reboot): it can never exit
                 // now, so report it as exited with an unknown code.
                 if !pod.dir.is_dir() {
@@ -508,17 +610,28 @@ impl ContainerManager {
         }
         let pod = self.pods.get(&c.pod_id)?;
         let mut monitor = self.monitor(&pod)?;
+        // The monitor signals through the runtime; a container it does not know (left by a
+        // monitor that died) is signalled by the runtime directly.
+        let mut kill = |sig: i32, all: bool| {
+            if monitor.kill(&c.id, sig, all).is_err()
+                && let (Ok(rt), Ok(sig)) = (self.oci_runtime(&c), Signal::try_from(sig))
+            {
+                let _ = rt.kill(&c.id, sig, all);
+            }
+        };
         if c.state == ContainerState::Created {
             // Never started: nothing to signal gracefully.
-            let _ = monitor.kill(&c.id, libc::SIGKILL, true);
+            kill(libc::SIGKILL, true);
         } else if !timeout.is_zero() {
-            let sig = signal_number(&c.stop_signal).unwrap_or(libc::SIGTERM);
-            let _ = monitor.kill(&c.id, sig, false);
+            kill(
+                signal_number(&c.stop_signal).unwrap_or(libc::SIGTERM),
+                false,
+            );
             if self.wait_exit(&c.id, timeout)? {
                 return Ok(());
             }
         }
-        let _ = monitor.kill(&c.id, libc::SIGKILL, true);
+        kill(libc::SIGKILL, true);
         if !self.wait_exit(&c.id, Duration::from_secs(10))? {
             return Err(RuntimeError::Monitor {
                 id: c.id.clone(),
@@ -544,12 +657,23 @@ impl ContainerManager {
         self.stop(&c.id, Duration::ZERO)?;
         let _guard = self.locks.lock(&c.id);
         if let Some(pod) = self.pods.find(&c.pod_id)? {
-            if let Err(e) = self.monitor(&pod).and_then(|mut m| {
+            let via_monitor = self.monitor(&pod).and_then(|mut m| {
                 m.delete(&c.id, true).map_err(|e| RuntimeError::Monitor {
                     id: c.id.clone(),
                     op: "delete",
                     message: e.to_string(),
                 })
+            });
+            // A container left by a monitor that died is unknown to its successor: the
+            // runtime deletes it directly (its state and cgroup would leak otherwise).
+            if let Err(e) = via_monitor.or_else(|_| {
+                self.oci_runtime(&c)?
+                    .delete(&c.id, true)
+                    .map_err(|e| RuntimeError::Monitor {
+                        id: c.id.clone(),
+                        op: "delete",
+                        message: e.to_string(),
+                    })
             }) {
                 warn!(container_id = %c.id, error = %e, "runtime delete failed");
             }
@@ -704,7 +828,6 @@ impl ContainerManager {
         id: &str,
         resources: k8s_cri::v1::LinuxContainerResources,
     ) -> Result<(), RuntimeError> {
-        use crius_oci::OciRuntime;
         let mut c = self.refresh(&self.get(id)?.id)?;
         if c.state == ContainerState::Exited {
             return Err(RuntimeError::WrongState {
@@ -719,14 +842,7 @@ impl ContainerManager {
                 source: e,
             }
         })?;
-        let path = self.runtime_path(&c.runtime_handler)?;
-        let runtime = crius_oci::CliRuntime::new(
-            c.runtime_handler.clone(),
-            path,
-            self.opts.runtime_root.join(&c.runtime_handler),
-            false,
-        );
-        runtime
+        self.oci_runtime(&c)?
             .update_resources(&c.id, &oci)
             .map_err(|e| RuntimeError::Monitor {
                 id: c.id.clone(),
