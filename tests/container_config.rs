@@ -17,21 +17,6 @@ use k8s_cri::v1::{
     UpdateContainerResourcesRequest,
 };
 
-async fn pid_of(pod: &Pod, id: &str) -> Result<u64> {
-    let r = pod
-        .env
-        .daemon
-        .runtime()
-        .await?
-        .container_status(ContainerStatusRequest {
-            container_id: id.into(),
-            verbose: true,
-        })
-        .await?;
-    let info: serde_json::Value = serde_json::from_str(&r.into_inner().info["info"])?;
-    Ok(info["pid"].as_u64().unwrap())
-}
-
 fn text(out: &k8s_cri::v1::ExecSyncResponse) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
@@ -247,7 +232,7 @@ async fn shared_pid_namespace_sees_other_containers_and_reaps_zombies() -> Resul
 
     // The orphaned `sleep 1` children were reparented to crius-init, which reaps them.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let host_pid = pid_of(&pod, &a).await?;
+    let host_pid = pod.pid_of(&a).await?;
     let ns = std::fs::read_link(format!("/proc/{host_pid}/ns/pid"))?;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -362,7 +347,7 @@ async fn resource_updates_and_the_oom_score_adj_clamp() -> Result<()> {
     let own: i64 = std::fs::read_to_string("/proc/self/oom_score_adj")?
         .trim()
         .parse()?;
-    let pid = pid_of(&pod, &id).await?;
+    let pid = pod.pid_of(&id).await?;
     let adj: i64 = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))?
         .trim()
         .parse()?;

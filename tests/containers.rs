@@ -277,18 +277,7 @@ async fn containers_survive_a_daemon_kill9() -> Result<()> {
     let mut pod = pod_with_busybox("runc").await?;
     let long = pod.run("long", &["sleep", "1000"]).await?;
     let short = pod.run("short", &["sh", "-c", "sleep 2; exit 7"]).await?;
-    let verbose = pod
-        .env
-        .daemon
-        .runtime()
-        .await?
-        .container_status(ContainerStatusRequest {
-            container_id: long.clone(),
-            verbose: true,
-        })
-        .await?;
-    let info: serde_json::Value = serde_json::from_str(&verbose.into_inner().info["info"])?;
-    let pid = info["pid"].as_u64().unwrap();
+    let pid = pod.pid_of(&long).await?;
     assert!(pid > 0);
 
     pod.env.daemon.kill9();
@@ -321,18 +310,7 @@ async fn a_dead_monitor_leaves_no_container_stuck() -> Result<()> {
     let pod = pod_with_busybox("runc").await?;
     let long = pod.run("long", &["sleep", "1000"]).await?;
     let short = pod.run("short", &["sh", "-c", "sleep 2; exit 7"]).await?;
-    let verbose = pod
-        .env
-        .daemon
-        .runtime()
-        .await?
-        .container_status(ContainerStatusRequest {
-            container_id: long.clone(),
-            verbose: true,
-        })
-        .await?;
-    let info: serde_json::Value = serde_json::from_str(&verbose.into_inner().info["info"])?;
-    let long_pid = info["pid"].as_u64().unwrap();
+    let long_pid = pod.pid_of(&long).await?;
     let pid_file = pod
         .env
         .daemon

@@ -127,6 +127,25 @@ impl Pod {
         Ok(id)
     }
 
+    /// The host pid of a container's init, from the verbose status.
+    pub async fn pid_of(&self, id: &str) -> Result<u64> {
+        let r = self
+            .env
+            .daemon
+            .runtime()
+            .await?
+            .container_status(ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: true,
+            })
+            .await?;
+        let info: serde_json::Value = serde_json::from_str(&r.into_inner().info["info"])?;
+        info["pid"]
+            .as_u64()
+            .filter(|pid| *pid > 0)
+            .ok_or_else(|| anyhow::anyhow!("no pid in the verbose status of {id}: {info}"))
+    }
+
     pub async fn status(&self, id: &str) -> Result<k8s_cri::v1::ContainerStatus> {
         let r = self
             .env

@@ -66,11 +66,6 @@ pub fn tag(parts: &[&str]) -> String {
     t
 }
 
-/// True when nf_tables can be talked to (a NETLINK_NETFILTER socket opens).
-pub fn available() -> bool {
-    Nft::open().is_ok()
-}
-
 // The conversation with the kernel.
 
 /// A rule in a listing: chain, handle, comment.
@@ -532,6 +527,9 @@ impl Nft {
         let (mine, others): (Vec<_>, Vec<_>) = rules
             .into_iter()
             .partition(|r| r.comment.as_deref() == Some(tag));
+        if mine.is_empty() && !others.is_empty() {
+            return Ok(0); // nothing of ours: no commit (a repeated DEL stays one lookup)
+        }
         let mut b = Batch::new(self.next_seq());
         if others.is_empty() {
             b.del_table(table);
