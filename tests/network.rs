@@ -808,3 +808,49 @@ async fn pod_cidr_from_update_runtime_config_is_used() -> Result<()> {
     net.assert_clean();
     Ok(())
 }
+
+/// Another network (here a bridge standing for another runtime's) already routes
+/// the pod subnet: crius's bridge refuses the pod with the route named, and leaves nothing.
+#[tokio::test]
+async fn pod_subnet_routed_by_another_network_is_refused_clearly() -> Result<()> {
+    let net = Net::start(Plugins::Crius).await?;
+    let other = format!("crbr{:04x}", rand_u16());
+    let ip = |args: &[&str]| {
+        let ok = Command::new("ip")
+            .args(args)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "ip {args:?}");
+    };
+    struct DelLink(String);
+    impl Drop for DelLink {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+        }
+    }
+    ip(&["link", "add", &other, "type", "bridge"]);
+    let _guard = DelLink(other.clone());
+    ip(&[
+        "addr",
+        "add",
+        &format!("{}.200/24", net.subnet_prefix),
+        "dev",
+        &other,
+    ]);
+    ip(&["link", "set", &other, "up"]);
+
+    let err = net.run_pod("overlap", &[]).await.unwrap_err();
+    let route = format!("{}.0/24 dev {other}", net.subnet_prefix);
+    assert!(
+        err.message().contains("overlaps the host route") && err.message().contains(&route),
+        "{err:?}"
+    );
+    net.assert_clean();
+
+    // With the other network gone, the same pod runs.
+    drop(_guard);
+    let id = net.run_pod("overlap", &[]).await?;
+    net.remove(&id).await?;
+    net.assert_clean();
+    Ok(())
+}

@@ -11,6 +11,7 @@ pub mod ipam;
 pub mod netlink;
 pub mod netns;
 pub mod nft;
+pub mod routes;
 pub mod skel;
 pub mod sysctl;
 pub mod types;

@@ -198,14 +198,33 @@ pub struct Overrides {
     pub log_format: Option<LogFormat>,
 }
 
+/// The socket path of an endpoint written as the kubelet and crictl write them
+/// (`unix:///run/crius/crius.sock`) or as a plain path.
+pub fn socket_path(field: &str, endpoint: &Path) -> Result<PathBuf, ConfigError> {
+    let Some(text) = endpoint.to_str() else {
+        return Ok(endpoint.to_path_buf());
+    };
+    match text.split_once("://") {
+        None => Ok(endpoint.to_path_buf()),
+        Some(("unix", path)) => Ok(PathBuf::from(path)),
+        Some((scheme, _)) => Err(ConfigError::Invalid {
+            field: field.into(),
+            message: format!(
+                "{text:?}: only unix:// endpoints are served (scheme {scheme:?}); write unix:///path or /path"
+            ),
+        }),
+    }
+}
+
 impl Config {
     /// Parses TOML text; `origin` names the file in errors.
     pub fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_path_buf(),
             // toml's message names the unknown key and where it is.
             message: e.to_string().trim().replace('\n', " "),
         })?;
+        config.listen = socket_path("listen", &config.listen)?;
         config.validate()?;
         Ok(config)
     }
@@ -233,7 +252,7 @@ impl Config {
             self.state = v;
         }
         if let Some(v) = o.listen {
-            self.listen = v;
+            self.listen = socket_path("--listen", &v)?;
         }
         if let Some(v) = o.log_level {
             self.log_level = v;
@@ -446,6 +465,26 @@ mod tests {
         })
         .unwrap();
         assert_eq!(c.root, PathBuf::from("/b"));
+    }
+
+    #[test]
+    fn listen_takes_unix_endpoints_as_the_kubelet_writes_them() {
+        let c = parse("listen = \"unix:///run/x/crius.sock\"").unwrap();
+        assert_eq!(c.listen, PathBuf::from("/run/x/crius.sock"));
+        let mut c = parse("").unwrap();
+        c.apply_overrides(Overrides {
+            listen: Some("unix:///tmp/a.sock".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.listen, PathBuf::from("/tmp/a.sock"));
+        let err = parse("listen = \"tcp://127.0.0.1:1\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listen") && err.contains("unix://"), "{err}");
+        // unix:// with a relative path is still refused as not absolute.
+        let err = parse("listen = \"unix://x.sock\"").unwrap_err().to_string();
+        assert!(err.contains("not an absolute path"), "{err}");
     }
 
     #[test]

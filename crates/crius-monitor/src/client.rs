@@ -17,7 +17,7 @@ pub struct MonitorClient {
 
 impl MonitorClient {
     pub fn connect(socket_path: &Path) -> io::Result<MonitorClient> {
-        let stream = UnixStream::connect(socket_path)?;
+        let stream = crate::socket::connect(socket_path)?;
         Ok(MonitorClient {
             reader: BufReader::new(stream),
         })

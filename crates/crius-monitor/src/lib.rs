@@ -27,6 +27,7 @@ pub mod cri_log;
 pub mod exit_file;
 pub mod oom;
 pub mod protocol;
+pub mod socket;
 pub mod spawn;
 
 pub use client::{MonitorClient, monitor_error};

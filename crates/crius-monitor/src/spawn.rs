@@ -2,7 +2,6 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -51,7 +50,7 @@ pub fn spawn_detached(binary: &Path, pod_id: &str, dir: &Path, socket: &Path) ->
         pid = fs::read_to_string(&pid_file)
             .ok()
             .and_then(|s| s.trim().parse::<u32>().ok())
-            .filter(|_| UnixStream::connect(socket).is_ok());
+            .filter(|_| crate::socket::connect(socket).is_ok());
         Ok::<_, io::Error>(pid.is_some())
     })?;
     match pid {

@@ -18,7 +18,7 @@ use crius_oci::{
     ImageConfig, NsSource, OciRuntime, PodFiles, PodNamespaces, SpecFeatures, SpecInput,
 };
 use crius_state::{create_dir_all, read_json, write_json};
-use k8s_cri::v1::{ContainerConfig, NamespaceMode};
+use k8s_cri::v1::{ContainerConfig, NamespaceMode, PodSandboxConfig};
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -43,8 +43,12 @@ pub struct ContainerRecord {
     pub id: String,
     pub pod_id: String,
     pub config: ContainerConfig,
-    /// The image as the request named it, its id, and the reference it was pulled by.
+    /// The image's name as containerd reports it (its first repo tag, else the request's
+    /// name), its id, and the reference it was pulled by.
     pub image: String,
+    /// The image as the request named it (`user_specified_image`); empty in older records.
+    #[serde(default)]
+    pub user_image: String,
     pub image_id: String,
     pub image_ref: String,
     pub runtime_handler: String,
@@ -74,6 +78,8 @@ pub struct ContainerRecord {
 pub struct ImageInfo {
     pub id: String,
     pub reference: String,
+    /// The first repo tag, if the image has one.
+    pub tag: Option<String>,
     pub config: serde_json::Value,
     pub layers_dir: PathBuf,
     /// Relative to `layers_dir`, top layer first.
@@ -481,7 +487,8 @@ impl ContainerManager {
         let record = ContainerRecord {
             id: id.clone(),
             pod_id: pod.id.clone(),
-            image: image_name,
+            image: image.tag.clone().unwrap_or_else(|| image_name.clone()),
+            user_image: image_name,
             image_id: image.id,
             image_ref: image.reference,
             runtime_handler: pod.runtime_handler.clone(),
@@ -879,6 +886,16 @@ impl ContainerManager {
     }
 }
 
+/// The pod's pid mode as the pod was created with it (POD when the message is absent).
+fn pod_pid_mode(config: &PodSandboxConfig) -> i32 {
+    config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+        .map_or(NamespaceMode::Pod as i32, |n| n.pid)
+}
+
 /// The container's namespaces. `target` resolves the TARGET pid mode: a running container of
 /// the same pod whose PID namespace is joined.
 fn namespaces(
@@ -892,9 +909,17 @@ fn namespaces(
         .as_ref()
         .and_then(|l| l.security_context.as_ref())
         .and_then(|s| s.namespace_options.as_ref());
-    let pid_mode = options
-        .map(|n| n.pid)
-        .unwrap_or(NamespaceMode::Container as i32);
+    // Without namespace_options the pid mode is the proto's zero value, POD, as containerd
+    // reads it: the container follows its pod (the pod's PID namespace when it has one, the
+    // host's for a host-PID pod, else a namespace of its own).
+    let pid_mode = options.map(|n| n.pid).unwrap_or_else(|| {
+        let mode = match NamespaceMode::try_from(pod_pid_mode(&pod.config)) {
+            Ok(NamespaceMode::Pod) if pod.namespaces.pid.is_some() => NamespaceMode::Pod,
+            Ok(NamespaceMode::Node) => NamespaceMode::Node,
+            _ => NamespaceMode::Container,
+        };
+        mode as i32
+    });
     let pid = match NamespaceMode::try_from(pid_mode) {
         Ok(NamespaceMode::Pod) => match &pod.namespaces.pid {
             Some(p) => NsSource::Path(p.clone()),

@@ -433,7 +433,7 @@ impl Plan {
         let hostname = if network == NamespaceMode::Node {
             nix_hostname()
         } else if config.hostname.is_empty() {
-            meta.name.clone()
+            hostname_from_pod_name(&meta.name)
         } else {
             config.hostname.clone()
         };
@@ -456,8 +456,55 @@ impl Plan {
     }
 }
 
+/// The hostname of a pod that names none: its name, as the kubelet derives it (cut to 63
+/// characters, trailing `-` and `.` trimmed), with characters a hostname cannot hold replaced by
+/// `-` (CRI clients other than the kubelet name pods freely).
+fn hostname_from_pod_name(name: &str) -> String {
+    let mapped: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    let trimmed = mapped.trim_end_matches(['-', '.']);
+    if trimmed.is_empty() {
+        "localhost".into()
+    } else {
+        trimmed.into()
+    }
+}
+
 fn nix_hostname() -> String {
     fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hostname_from_pod_name;
+
+    #[test]
+    fn hostname_from_a_long_pod_name_is_cut_as_the_kubelet_does() {
+        // critest's pod names run to 60-70 characters.
+        let name = "create-PodSandbox-for-container-with-a-very-long-name-0123456789-abcdef";
+        let h = hostname_from_pod_name(name);
+        assert_eq!(h.len(), 63);
+        assert_eq!(h, &name[..63]);
+        // The cut lands on a '-': trimmed, as the kubelet's truncateHostname does.
+        let name = format!("{}-.-rest", "a".repeat(61));
+        assert_eq!(hostname_from_pod_name(&name), "a".repeat(61));
+    }
+
+    #[test]
+    fn hostname_from_a_pod_name_holds_only_hostname_characters() {
+        assert_eq!(hostname_from_pod_name("web_1 x"), "web-1-x");
+        assert_eq!(hostname_from_pod_name("nginx.default"), "nginx.default");
+        assert_eq!(hostname_from_pod_name("___"), "localhost");
+    }
 }

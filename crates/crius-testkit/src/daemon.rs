@@ -29,6 +29,9 @@ pub struct DaemonOptions {
     pub env: Vec<(String, String)>,
     /// How long to wait for readiness.
     pub ready_timeout: Duration,
+    /// The state directory's name inside the daemon's temp dir (a long one tests paths that
+    /// outgrow `sockaddr_un`).
+    pub state_name: String,
 }
 
 impl DaemonOptions {
@@ -41,6 +44,7 @@ impl DaemonOptions {
             extra_args: Vec::new(),
             env: Vec::new(),
             ready_timeout: Duration::from_secs(30),
+            state_name: "state".into(),
         }
     }
     pub fn config(mut self, toml: impl Into<String>) -> Self {
@@ -49,6 +53,10 @@ impl DaemonOptions {
     }
     pub fn log_level(mut self, level: &str) -> Self {
         self.log_level = level.into();
+        self
+    }
+    pub fn state_name(mut self, name: &str) -> Self {
+        self.state_name = name.into();
         self
     }
 }
@@ -89,7 +97,7 @@ impl Daemon {
             .prefix("crius-testkit-daemon-")
             .tempdir()?;
         std::fs::create_dir_all(dir.path().join("root"))?;
-        std::fs::create_dir_all(dir.path().join("state"))?;
+        std::fs::create_dir_all(dir.path().join(&opts.state_name))?;
         let config = with_test_network(dir.path(), &opts.config_toml)?;
         std::fs::write(dir.path().join("config.toml"), config)?;
         let mut d = Daemon {
@@ -120,7 +128,7 @@ impl Daemon {
         self.dir().join("root")
     }
     pub fn state(&self) -> PathBuf {
-        self.dir().join("state")
+        self.dir().join(&self.opts.state_name)
     }
     pub fn config_path(&self) -> PathBuf {
         self.dir().join("config.toml")

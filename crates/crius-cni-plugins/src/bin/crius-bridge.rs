@@ -9,7 +9,7 @@ use crius_cni_plugins::netns::NetNs;
 use crius_cni_plugins::nft::{self, Hook, NatChain, NatTable, Nft, Rule};
 use crius_cni_plugins::skel::{self, CmdArgs, Plugin, valid_ifname};
 use crius_cni_plugins::types::{CniResult, Dns, Interface, IpNet, Route, from_bits, to_bits};
-use crius_cni_plugins::{runtime, sysctl};
+use crius_cni_plugins::{routes, runtime, sysctl};
 use serde_json::Value;
 
 const DEFAULT_BRIDGE: &str = "crius0";
@@ -152,6 +152,28 @@ struct Undo {
     nat: bool,
 }
 
+/// A pod subnet that another interface already routes (another runtime's bridge on the same
+/// default 10.88.0.0/16, a VPN, the LAN) would make pods unreachable or shadow real hosts:
+/// refuse it with the route named, instead of adding a second route that silently loses.
+fn refuse_overlap(conf: &BridgeConf, address: IpNet) -> Result<()> {
+    let subnet = IpNet {
+        addr: address.network(),
+        prefix: address.prefix,
+    };
+    let routes = routes::host_routes();
+    match routes::conflicting(subnet, &conf.bridge, &routes) {
+        None => Ok(()),
+        Some(route) => Err(CniError::config(
+            "ipam.ranges",
+            format!(
+                "pod subnet {subnet} of network {:?} overlaps the host route {route}: \
+                 another network already uses it; choose a free subnet in the network config",
+                conf.network
+            ),
+        )),
+    }
+}
+
 impl Bridge {
     async fn add_inner(
         &self,
@@ -216,6 +238,7 @@ impl Bridge {
             ip.interface = Some(2);
             pod.add_addr(pv.index, ip.address).await?;
             if let (true, Some(gw)) = (conf.is_gateway, ip.gateway) {
+                refuse_overlap(conf, ip.address)?;
                 host.add_addr(
                     br.index,
                     IpNet {

@@ -14,7 +14,11 @@ pub fn state_of(c: &ContainerRecord) -> ContainerState {
 pub fn image_spec(c: &ContainerRecord) -> Option<ImageSpec> {
     Some(ImageSpec {
         image: c.image.clone(),
-        user_specified_image: c.image.clone(),
+        user_specified_image: if c.user_image.is_empty() {
+            c.image.clone()
+        } else {
+            c.user_image.clone()
+        },
         ..Default::default()
     })
 }

@@ -41,6 +41,7 @@ pub async fn handle(
             .first()
             .cloned()
             .unwrap_or_else(|| img.id.clone()),
+        tag: img.repo_tags.first().cloned(),
         config: ctx.images.config(&img).map_err(to_status)?,
         layers_dir: ctx.images.layers_dir().to_path_buf(),
         lower: ctx.images.lower_dirs(&img),

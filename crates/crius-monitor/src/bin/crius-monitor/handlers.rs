@@ -144,9 +144,13 @@ impl Monitor {
         let fail = |e| internal("creating stdio", e);
         let (stdio, console, runtime_err) = if req.tty {
             self.seq += 1;
-            let path = self.opts.dir.join(format!("console-{}.sock", self.seq));
+            let name = format!("console-{}.sock", self.seq);
+            let path = self.opts.dir.join(&name);
             let _ = fs::remove_file(&path);
-            let listener = UnixListener::bind(&path).map_err(fail)?;
+            let listener =
+                UnixListener::bind(self.opts.socket_dir.local_path(&name)).map_err(fail)?;
+            // The runtime dials it by a path that fits sockaddr_un whatever the state dir.
+            let dial = self.opts.socket_dir.shared_path(&name);
             listener.set_nonblocking(true).map_err(fail)?;
             // The pty carries the container's stdio; the runtime's own stderr is captured.
             let (r, w) = sys::pipe().map_err(fail)?;
@@ -157,7 +161,7 @@ impl Monitor {
             };
             (
                 io,
-                Some((listener, path)),
+                Some((listener, path, dial)),
                 Some(Capture::new(r, RUNTIME_OUTPUT_LIMIT).map_err(fail)?),
             )
         } else {
@@ -181,16 +185,16 @@ impl Monitor {
             };
             (io, None, None)
         };
-        if let Some((_, path)) = &console {
+        if let Some((_, _, dial)) = &console {
             args.push("--console-socket".as_ref());
-            args.push(path.as_os_str());
+            args.push(dial.as_os_str());
         }
         args.push(req.id.as_ref());
         let spawned = runtime::spawn(&req.runtime, &req.runtime_root, &args, stdio);
         let pid = match spawned {
             Ok(pid) => pid,
             Err(e) => {
-                if let Some((_, path)) = &console {
+                if let Some((_, path, _)) = &console {
                     let _ = fs::remove_file(path);
                 }
                 return Err(internal(&format!("running {}", req.runtime.display()), e));
@@ -203,7 +207,7 @@ impl Monitor {
             kind: JobKind::Create(Box::new(PendingCreate {
                 container,
                 bundle: req.bundle,
-                console,
+                console: console.map(|(listener, path, _)| (listener, path)),
                 console_master: None,
             })),
             stdout: None,

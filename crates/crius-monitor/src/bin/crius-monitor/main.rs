@@ -17,7 +17,6 @@ use std::ffi::OsString;
 use std::fs::{self, OpenOptions};
 use std::io;
 use std::os::fd::AsFd;
-use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -110,7 +109,7 @@ fn run(args: Args) -> io::Result<()> {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    let listener = UnixListener::bind(&args.socket)?;
+    let listener = crius_monitor::socket::bind(&args.socket)?;
     eprintln!(
         "crius-monitor: pod {} pid {} listening on {}",
         args.pod_id,
@@ -120,6 +119,7 @@ fn run(args: Args) -> io::Result<()> {
 
     let opts = server::Options {
         dir: args.dir.clone(),
+        socket_dir: crius_monitor::socket::SocketDir::open(&args.dir)?,
         exit_when_empty: args.exit_when_empty,
     };
     let mut monitor = server::Monitor::new(listener, signals, opts)?;

@@ -39,6 +39,8 @@ enum Source {
 
 pub struct Options {
     pub dir: PathBuf,
+    /// `dir`, open: console sockets in it are named through it whatever its length.
+    pub socket_dir: crius_monitor::socket::SocketDir,
     pub exit_when_empty: bool,
 }
 
