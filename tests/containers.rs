@@ -30,7 +30,10 @@ async fn lifecycle(handler: &str) -> Result<()> {
         "{handler}"
     );
     assert!(st.started_at >= st.created_at && st.created_at > 0);
-    assert_eq!(st.image.as_ref().unwrap().image, "busybox");
+    // As containerd: the image's repo tag; the name as requested stays user_specified_image.
+    let image = st.image.as_ref().unwrap();
+    assert_eq!(image.image, "docker.io/library/busybox:latest");
+    assert_eq!(image.user_specified_image, "busybox");
     assert!(st.image_ref.contains("sha256:"));
     let log = pod.log_dir.path().join("web.log");
     assert_eq!(st.log_path, log.display().to_string());

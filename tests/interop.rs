@@ -406,6 +406,41 @@ async fn pod_lifecycle(handler: &str) -> Result<()> {
         .await?;
     assert_eq!(limit.trim(), "67108864");
 
+    // stats and statsp: the container's and the pod's usage, as crictl prints them.
+    let stats = crictl.json(&["stats", "-o", "json", "--id", &ctr]).await?;
+    let list = stats["stats"].as_array().context("stats list")?;
+    assert_eq!(list.len(), 1, "{stats}");
+    assert_eq!(list[0]["attributes"]["id"], ctr.as_str());
+    let cpu_ns: u64 = list[0]["cpu"]["usageCoreNanoSeconds"]["value"]
+        .as_str()
+        .context("cpu usage")?
+        .parse()?;
+    assert!(cpu_ns > 0, "{stats}");
+    let ws: u64 = list[0]["memory"]["workingSetBytes"]["value"]
+        .as_str()
+        .context("working set")?
+        .parse()?;
+    assert!(ws > 0, "{stats}");
+    assert!(
+        list[0]["writableLayer"]["usedBytes"]["value"].is_string(),
+        "{stats}"
+    );
+    let table = crictl.ok(&["stats", "--pod", &pod]).await?;
+    assert!(table.contains(&ctr[..13]), "{table}");
+    let podstats = crictl.json(&["statsp", "-o", "json", "--id", &pod]).await?;
+    let list = podstats["stats"].as_array().context("statsp list")?;
+    assert_eq!(list.len(), 1, "{podstats}");
+    assert_eq!(list[0]["attributes"]["id"], pod.as_str());
+    assert_eq!(
+        list[0]["linux"]["containers"][0]["attributes"]["id"],
+        ctr.as_str(),
+        "{podstats}"
+    );
+    assert!(
+        list[0]["linux"]["memory"]["workingSetBytes"]["value"].is_string(),
+        "{podstats}"
+    );
+
     // logs -f ends when the container does.
     let f_file = crictl.file(
         "f.json",

@@ -854,3 +854,50 @@ async fn pod_subnet_routed_by_another_network_is_refused_clearly() -> Result<()>
     net.assert_clean();
     Ok(())
 }
+
+/// PodSandboxStats reports the pod's interfaces from inside its network namespace: bytes the
+/// host sends to the pod show as the pod's rx, the replies as its tx.
+#[tokio::test]
+async fn pod_network_stats_count_traffic() -> Result<()> {
+    let net = Net::start(Plugins::Crius).await?;
+    let id = net.run_pod("stats", &[]).await?;
+    let (ip, _) = net.ip_and_netns(&id).await?;
+    let eth0 = |s: k8s_cri::v1::PodSandboxStats| {
+        let n = s.linux.unwrap().network.unwrap();
+        let d = n.default_interface.unwrap();
+        assert_eq!(d.name, "eth0");
+        assert!(n.interfaces.iter().all(|i| i.name != "lo"));
+        (d.rx_bytes.unwrap().value, d.tx_bytes.unwrap().value)
+    };
+    let stats = || async {
+        net.daemon
+            .runtime()
+            .await?
+            .pod_sandbox_stats(k8s_cri::v1::PodSandboxStatsRequest {
+                pod_sandbox_id: id.clone(),
+            })
+            .await?
+            .into_inner()
+            .stats
+            .ok_or_else(|| anyhow::anyhow!("no stats"))
+    };
+    let (rx0, tx0) = eth0(stats().await?);
+    let ok = Command::new("ping")
+        .args(["-c", "10", "-i", "0.05", "-s", "1000", "-W", "2", &ip])
+        .stdout(Stdio::null())
+        .status()
+        .or_else(|_| {
+            Command::new("busybox")
+                .args(["ping", "-c", "10", "-s", "1000", "-W", "2", &ip])
+                .stdout(Stdio::null())
+                .status()
+        })?
+        .success();
+    assert!(ok, "the host pings the pod");
+    let (rx1, tx1) = eth0(stats().await?);
+    assert!(rx1 - rx0 >= 10_000, "rx grew by {}", rx1 - rx0);
+    assert!(tx1 - tx0 >= 10_000, "tx grew by {}", tx1 - tx0);
+    net.remove(&id).await?;
+    net.assert_clean();
+    Ok(())
+}

@@ -246,7 +246,13 @@ impl Node {
     }
 }
 
-fn container(name: &str, image: &str, sc: LinuxContainerSecurityContext) -> ContainerConfig {
+/// A container as the kubelet sends it for a pod without shareProcessNamespace: pid mode
+/// CONTAINER unless the test names a mode (the checks read the container's own PID 1).
+fn container(name: &str, image: &str, mut sc: LinuxContainerSecurityContext) -> ContainerConfig {
+    sc.namespace_options.get_or_insert(NamespaceOption {
+        pid: NamespaceMode::Container as i32,
+        ..Default::default()
+    });
     ContainerConfig {
         metadata: Some(ContainerMetadata {
             name: name.into(),

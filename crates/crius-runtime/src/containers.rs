@@ -732,6 +732,11 @@ impl ContainerManager {
             .collect()
     }
 
+    /// The writable layer (overlay upper dir) of container `id`.
+    pub fn writable_layer(&self, id: &str) -> PathBuf {
+        self.opts.root_dir.join(id).join("upper")
+    }
+
     pub fn in_pod(&self, pod_id: &str) -> Vec<String> {
         self.lock()
             .values()
@@ -978,19 +983,26 @@ fn namespaces(
 }
 
 /// cgroupfs paths: under the pod's cgroup_parent (set by the kubelet), else under /crius.
-fn cgroups_path(pod: &PodRecord, id: &str) -> String {
+pub(crate) fn cgroups_path(pod: &PodRecord, id: &str) -> String {
+    format!(
+        "{}/crius-{id}",
+        pod_cgroup_parent(pod).trim_end_matches('/')
+    )
+}
+
+/// The cgroup a pod's containers are created under.
+pub(crate) fn pod_cgroup_parent(pod: &PodRecord) -> String {
     let parent = pod
         .config
         .linux
         .as_ref()
         .map(|l| l.cgroup_parent.clone())
         .unwrap_or_default();
-    let parent = if parent.is_empty() {
+    if parent.is_empty() {
         default_cgroup_parent(pod)
     } else {
         parent
-    };
-    format!("{}/crius-{id}", parent.trim_end_matches('/'))
+    }
 }
 
 fn default_cgroup_parent(pod: &PodRecord) -> String {

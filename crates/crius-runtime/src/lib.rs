@@ -22,6 +22,7 @@ mod pods;
 mod record;
 mod rollback;
 mod rootfs;
+mod stats;
 
 pub use containers::{
     ContainerFilter, ContainerManager, ContainerManagerOptions, ContainerRecord, ContainerState,
@@ -33,3 +34,4 @@ pub use network::{CniNetwork, POD_IFNAME, PodNetwork};
 pub use ops::{HostSandboxOps, SandboxOps};
 pub use pods::{PodFilter, PodManager, PodManagerOptions};
 pub use record::{PodRecord, PodState};
+pub use stats::{ContainerUsage, DiskUsage, PodUsage, StatsCollector};

@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use crius_config::Config;
 use crius_image::{ImageStore, Puller};
-use crius_runtime::{CniNetwork, ContainerManager, PodManager};
+use crius_runtime::{CniNetwork, ContainerManager, PodManager, StatsCollector};
 
 /// Version of the build, stamped by build.rs.
 #[derive(Debug, Clone)]
@@ -20,6 +20,7 @@ pub struct Context {
     pub pods: Arc<PodManager>,
     pub containers: Arc<ContainerManager>,
     pub network: Arc<CniNetwork>,
+    pub stats: Arc<StatsCollector>,
 }
 
 impl Context {
@@ -32,6 +33,7 @@ impl Context {
         containers: Arc<ContainerManager>,
         network: Arc<CniNetwork>,
     ) -> Context {
+        let stats = Arc::new(StatsCollector::new(pods.clone(), containers.clone()));
         Context {
             config,
             version,
@@ -40,6 +42,7 @@ impl Context {
             pods,
             containers,
             network,
+            stats,
         }
     }
 }

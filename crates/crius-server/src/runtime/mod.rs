@@ -1,11 +1,15 @@
 //! `runtime.v1.RuntimeService`: one file per implemented RPC; the rest answer Unimplemented.
 
 mod container_common;
+mod container_stats;
 mod container_status;
 mod create_container;
 mod exec_sync;
+mod list_container_stats;
 mod list_containers;
 mod list_pod_sandbox;
+mod list_pod_sandbox_stats;
+mod pod_sandbox_stats;
 mod pod_sandbox_status;
 mod remove_container;
 mod remove_pod_sandbox;
@@ -13,6 +17,7 @@ mod reopen_container_log;
 mod run_pod_sandbox;
 mod runtime_config;
 mod start_container;
+mod stats_common;
 mod status;
 mod stop_container;
 mod stop_pod_sandbox;
@@ -104,7 +109,9 @@ impl RuntimeService for Runtime {
         &self,
         req: Request<PodSandboxStatusRequest>,
     ) -> R<PodSandboxStatusResponse> {
-        pod_sandbox_status::handle(&self.ctx, req.into_inner()).map(Response::new)
+        pod_sandbox_status::handle(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn list_pod_sandbox(
@@ -203,30 +210,38 @@ impl RuntimeService for Runtime {
 
     async fn container_stats(
         &self,
-        _req: Request<ContainerStatsRequest>,
+        req: Request<ContainerStatsRequest>,
     ) -> R<ContainerStatsResponse> {
-        Err(unimplemented("ContainerStats"))
+        container_stats::handle(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn list_container_stats(
         &self,
-        _req: Request<ListContainerStatsRequest>,
+        req: Request<ListContainerStatsRequest>,
     ) -> R<ListContainerStatsResponse> {
-        Err(unimplemented("ListContainerStats"))
+        list_container_stats::handle(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn pod_sandbox_stats(
         &self,
-        _req: Request<PodSandboxStatsRequest>,
+        req: Request<PodSandboxStatsRequest>,
     ) -> R<PodSandboxStatsResponse> {
-        Err(unimplemented("PodSandboxStats"))
+        pod_sandbox_stats::handle(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _req: Request<ListPodSandboxStatsRequest>,
+        req: Request<ListPodSandboxStatsRequest>,
     ) -> R<ListPodSandboxStatsResponse> {
-        Err(unimplemented("ListPodSandboxStats"))
+        list_pod_sandbox_stats::handle(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn checkpoint_container(

@@ -3,24 +3,41 @@
 
 use std::collections::HashMap;
 
-use crius_runtime::{PodRecord, PodState};
+use crius_runtime::{ContainerFilter, PodRecord, PodState};
 use k8s_cri::v1::{
     LinuxPodSandboxStatus, Namespace, PodIp, PodSandboxNetworkStatus, PodSandboxState,
     PodSandboxStatus, PodSandboxStatusRequest, PodSandboxStatusResponse,
 };
 use tonic::Status;
 
+use super::container_status::{read_spec, status_of as status_of_container};
 use crate::context::Context;
-use crate::status::{invalid, to_status};
+use crate::status::{blocking, invalid};
 
-pub fn handle(
+pub async fn handle(
     ctx: &Context,
     req: PodSandboxStatusRequest,
 ) -> Result<PodSandboxStatusResponse, Status> {
     if req.pod_sandbox_id.is_empty() {
         return Err(invalid("pod_sandbox_id", "must not be empty"));
     }
-    let pod = ctx.pods.get(&req.pod_sandbox_id).map_err(to_status)?;
+    let (pods, containers) = (ctx.pods.clone(), ctx.containers.clone());
+    // The pod and its containers' statuses, as evented PLEG reads them in one call.
+    let (pod, containers_statuses) = blocking(move || {
+        let pod = pods.get(&req.pod_sandbox_id)?;
+        let filter = ContainerFilter {
+            pod_id: Some(pod.id.clone()),
+            ..Default::default()
+        };
+        let statuses = containers
+            .list(&filter)
+            .iter()
+            .filter(|c| c.pod_id == pod.id)
+            .map(|c| status_of_container(c, &read_spec(c)))
+            .collect::<Vec<_>>();
+        Ok::<_, crius_runtime::RuntimeError>((pod, statuses))
+    })
+    .await?;
     tracing::Span::current().record("pod_id", pod.id.as_str());
     let mut info = HashMap::new();
     if req.verbose {
@@ -41,8 +58,8 @@ pub fn handle(
     Ok(PodSandboxStatusResponse {
         status: Some(status_of(&pod)),
         info,
-        containers_statuses: Vec::new(),
-        timestamp: 0,
+        containers_statuses,
+        timestamp: chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default(),
     })
 }
 
