@@ -836,5 +836,14 @@ async fn three_nodes_talk_over_the_vxlan_overlay() -> Result<()> {
     for p in [&a0, &a1, &b0, &c0] {
         c.remove_pod(p).await?;
     }
+    // DEL released every address and dropped every cached delegate configuration.
+    for n in &c.nodes {
+        let left: Vec<String> = std::fs::read_dir(n.dir.join("ipam/overlay"))?
+            .chain(std::fs::read_dir(n.dir.join("cache/overlay"))?)
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|f| !f.starts_with("last_reserved_ip") && f != "lock")
+            .collect();
+        assert!(left.is_empty(), "{}: left behind {left:?}", n.name);
+    }
     Ok(())
 }

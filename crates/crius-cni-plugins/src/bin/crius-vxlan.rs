@@ -191,9 +191,11 @@ fn run_delegate(
 
 /// The cached delegate configuration, or one built from the current lease.
 fn cached_or_current(conf: &VxlanConf, args: &CmdArgs) -> Option<Value> {
-    std::fs::read(conf.cache_path(args))
+    let mut cached = Vec::new();
+    std::fs::File::open(conf.cache_path(args))
+        .and_then(|f| f.take(MAX_SUBNET_FILE).read_to_end(&mut cached))
         .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
+        .and_then(|_| serde_json::from_slice(&cached).ok())
         .or_else(|| {
             read_lease(&conf.subnet_file)
                 .ok()
