@@ -18,6 +18,9 @@ packages=(
   jq
   attr                 # getfattr in xattr checks
   procps psmisc
+  etcd-server          # tests/overlay.rs: crius-overlay's etcd backend
+  libprotobuf-dev      # etcd-client build.rs: google/protobuf/*.proto well-known types
+  iperf3               # hack/bench-overlay.sh
 )
 
 if [[ $(id -u) -ne 0 ]]; then

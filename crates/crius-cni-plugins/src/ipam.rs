@@ -440,9 +440,14 @@ pub fn host_local_lookup(conf: &HostLocalConf, id: &str, ifname: &str) -> Result
 
 /// Find an executable plugin named `plugin` in CNI_PATH.
 pub fn find_plugin(args: &CmdArgs, plugin: &str) -> Result<PathBuf> {
+    find_plugin_for(args, plugin, "IPAM plugin", "ipam.type")
+}
+
+/// Find an executable plugin in CNI_PATH; `label` and `field` name it in errors.
+pub fn find_plugin_for(args: &CmdArgs, plugin: &str, label: &str, field: &str) -> Result<PathBuf> {
     if plugin.is_empty() || plugin.contains('/') || plugin == "." || plugin == ".." {
         return Err(CniError::config(
-            "ipam.type",
+            field,
             format!("{plugin:?} is not a plugin name"),
         ));
     }
@@ -453,7 +458,7 @@ pub fn find_plugin(args: &CmdArgs, plugin: &str) -> Result<PathBuf> {
         .ok_or_else(|| {
             CniError::new(
                 ErrorCode::InvalidConfig,
-                format!("IPAM plugin {plugin:?} not found in CNI_PATH"),
+                format!("{label} {plugin:?} not found in CNI_PATH"),
                 format!("searched {:?}", args.path),
             )
         })
@@ -463,28 +468,40 @@ pub fn find_plugin(args: &CmdArgs, plugin: &str) -> Result<PathBuf> {
 /// the way the reference plugins delegate. Returns the parsed stdout of ADD.
 pub fn delegate(args: &CmdArgs, plugin: &str, command: &str) -> Result<Option<CniResult>> {
     let exe = find_plugin(args, plugin)?;
-    let mut child = Command::new(&exe)
+    exec_plugin(&exe, plugin, "IPAM plugin", command, &args.stdin)
+}
+
+/// Run the plugin `exe` with `command` and `stdin` (the CNI_* environment is inherited);
+/// `label` names it in errors. Returns the parsed stdout of ADD.
+pub fn exec_plugin(
+    exe: &Path,
+    plugin: &str,
+    label: &str,
+    command: &str,
+    stdin_data: &[u8],
+) -> Result<Option<CniResult>> {
+    let mut child = Command::new(exe)
         .env("CNI_COMMAND", command)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .map_err(|e| CniError::io("executing IPAM plugin", &exe, e))?;
+        .map_err(|e| CniError::io("executing plugin", exe, e))?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
-            .write_all(&args.stdin)
-            .map_err(|e| CniError::io("writing stdin of", &exe, e))?;
+            .write_all(stdin_data)
+            .map_err(|e| CniError::io("writing stdin of", exe, e))?;
     }
     let out = child
         .wait_with_output()
-        .map_err(|e| CniError::io("waiting for", &exe, e))?;
+        .map_err(|e| CniError::io("waiting for", exe, e))?;
     let parsed: Option<Value> = serde_json::from_slice(&out.stdout).ok();
     if !out.status.success() {
         let v = parsed.unwrap_or_default();
         return Err(CniError::new(
             ErrorCode::Internal,
             format!(
-                "IPAM plugin {plugin} {command} failed: {}",
+                "{label} {plugin} {command} failed: {}",
                 v["msg"].as_str().unwrap_or("(no message)")
             ),
             v["details"].as_str().unwrap_or_default().to_owned(),
@@ -496,14 +513,14 @@ pub fn delegate(args: &CmdArgs, plugin: &str, command: &str) -> Result<Option<Cn
     let v = parsed.ok_or_else(|| {
         CniError::new(
             ErrorCode::Decoding,
-            format!("IPAM plugin {plugin} printed no JSON result"),
+            format!("{label} {plugin} printed no JSON result"),
             "",
         )
     })?;
     CniResult::from_value(v).map(Some).map_err(|e| {
         CniError::new(
             ErrorCode::Decoding,
-            format!("decoding result of IPAM plugin {plugin}"),
+            format!("decoding result of {label} {plugin}"),
             e.to_string(),
         )
     })

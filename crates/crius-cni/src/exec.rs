@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::conf::PluginConfig;
 use crate::error::CniError;
@@ -315,7 +315,9 @@ pub(crate) fn invoke(exec: &dyn PluginExec, req: &ExecRequest) -> Result<Vec<u8>
     let out = exec.exec(req)?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !stderr.trim().is_empty() {
-        debug!(plugin = %req.plugin, stderr = %stderr.trim(), "CNI plugin stderr");
+        // Plugins write to stderr what the runtime should see (crius-vxlan: a pod CIDR that
+        // disagrees with the overlay lease): a warning, not a debug line.
+        warn!(plugin = %req.plugin, stderr = %stderr.trim(), "CNI plugin stderr");
     }
     check_output(&req.plugin, out)
 }

@@ -32,6 +32,9 @@ pub struct DaemonOptions {
     /// The state directory's name inside the daemon's temp dir (a long one tests paths that
     /// outgrow `sockaddr_un`).
     pub state_name: String,
+    /// Run the daemon inside this network namespace (a file such as `/run/netns/NAME`),
+    /// entered with `nsenter --net`, which execs the daemon: its pid stays the child's.
+    pub netns: Option<PathBuf>,
 }
 
 impl DaemonOptions {
@@ -45,7 +48,12 @@ impl DaemonOptions {
             env: Vec::new(),
             ready_timeout: Duration::from_secs(30),
             state_name: "state".into(),
+            netns: None,
         }
+    }
+    pub fn netns(mut self, path: impl Into<PathBuf>) -> Self {
+        self.netns = Some(path.into());
+        self
     }
     pub fn config(mut self, toml: impl Into<String>) -> Self {
         self.config_toml = toml.into();
@@ -158,7 +166,16 @@ impl Daemon {
             .create(true)
             .append(true)
             .open(self.log_path())?;
-        let mut cmd = Command::new(&self.opts.bin);
+        let mut cmd = match &self.opts.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display()))
+                    .arg("--")
+                    .arg(&self.opts.bin);
+                c
+            }
+            None => Command::new(&self.opts.bin),
+        };
         cmd.arg("--config")
             .arg(self.config_path())
             .arg("--listen")

@@ -27,7 +27,13 @@ struct BridgeConf {
     promisc: bool,
     ipam_type: Option<String>,
     dns: Dns,
+    /// Destinations not masqueraded besides the pod's own subnet (`ipMasqExclude`): the
+    /// overlay's cluster CIDR, so pod-to-pod traffic across nodes keeps its source.
+    masq_exclude: Vec<IpNet>,
 }
+
+/// Bound on `ipMasqExclude` entries (each is one match in every masquerade rule).
+const MAX_MASQ_EXCLUDE: usize = 16;
 
 impl BridgeConf {
     fn parse(args: &CmdArgs) -> Result<Self> {
@@ -61,7 +67,29 @@ impl BridgeConf {
                 .map_err(|e| CniError::config("dns", e.to_string()))?,
             None => Dns::default(),
         };
+        let mut masq_exclude = Vec::new();
+        for (i, v) in c
+            .arr_opt("ipMasqExclude")?
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let field = format!("ipMasqExclude[{i}]");
+            if i >= MAX_MASQ_EXCLUDE {
+                return Err(CniError::config(
+                    "ipMasqExclude",
+                    format!("at most {MAX_MASQ_EXCLUDE} entries"),
+                ));
+            }
+            let net = v
+                .as_str()
+                .ok_or_else(|| CniError::config(&field, "must be a string"))?
+                .parse::<IpNet>()
+                .map_err(|e| CniError::config(&field, e))?;
+            masq_exclude.push(net.trunc());
+        }
         Ok(Self {
+            masq_exclude,
             network,
             bridge,
             is_gateway: c.bool_or("isGateway", false)? || is_default_gateway,
@@ -108,8 +136,9 @@ const NAT: NatTable<'static> = NatTable {
     chains: NAT_CHAINS,
 };
 
-/// Masquerade what the pod sends off its subnet, except multicast.
-fn masq_rules(tag: &str, ips: &[IpNet]) -> Vec<Rule> {
+/// Masquerade what the pod sends off its subnet (and off `exclude` of the same family),
+/// except multicast.
+fn masq_rules(tag: &str, ips: &[IpNet], exclude: &[IpNet]) -> Vec<Rule> {
     ips.iter()
         .map(|ip| {
             let mcast = if ip.addr.is_ipv4() {
@@ -117,10 +146,16 @@ fn masq_rules(tag: &str, ips: &[IpNet]) -> Vec<Rule> {
             } else {
                 "ff00::/8"
             };
-            Rule::new("postrouting")
+            let mut r = Rule::new("postrouting")
                 .saddr(IpNet::host(ip.addr))
-                .daddr_ne(ip.trunc())
-                .daddr_ne(mcast.parse().expect("static"))
+                .daddr_ne(ip.trunc());
+            for x in exclude
+                .iter()
+                .filter(|x| x.addr.is_ipv4() == ip.addr.is_ipv4())
+            {
+                r = r.daddr_ne(*x);
+            }
+            r.daddr_ne(mcast.parse().expect("static"))
                 .masquerade()
                 .comment(tag)
         })
@@ -280,7 +315,7 @@ impl Bridge {
             undo.nat = true;
             let ips: Vec<IpNet> = result.ips.iter().map(|i| i.address).collect();
             let tag = nat_tag(conf, args);
-            nf.replace_tagged(&NAT, &tag, &masq_rules(&tag, &ips))?;
+            nf.replace_tagged(&NAT, &tag, &masq_rules(&tag, &ips, &conf.masq_exclude))?;
         }
         let brl = host
             .link_by_index(br.index)
@@ -482,6 +517,33 @@ mod tests {
         s
     }
 
+    /// With `ipMasqExclude` (the overlay's cluster CIDR) the rule also skips that destination.
+    #[test]
+    fn masq_exclude_matches_the_nft_script() {
+        if !nft_equiv::usable() {
+            return;
+        }
+        let tag = nft::tag(&["0123abcd", "eth0", "overlay"]);
+        let ips: Vec<IpNet> = vec![
+            "10.244.3.7/24".parse().unwrap(),
+            "fd00:1::7/64".parse().unwrap(),
+        ];
+        let exclude: Vec<IpNet> = vec!["10.244.0.0/16".parse().unwrap()];
+        nft_equiv::assert_same_rules(
+            "excl",
+            NAT_CHAINS,
+            &tag,
+            &masq_rules(&tag, &ips, &exclude),
+            |t| {
+                format!(
+                    "add table inet {t}\nadd chain inet {t} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}\n\
+                 add rule inet {t} postrouting ip saddr 10.244.3.7 ip daddr != 10.244.3.0/24 ip daddr != 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade comment \"{tag}\"\n\
+                 add rule inet {t} postrouting ip6 saddr fd00:1::7 ip6 daddr != fd00:1::/64 ip6 daddr != ff00::/8 masquerade comment \"{tag}\"\n"
+                )
+            },
+        );
+    }
+
     #[test]
     fn masq_rules_match_the_nft_script() {
         if !nft_equiv::usable() {
@@ -495,9 +557,13 @@ mod tests {
             ("odd", &["172.20.5.3/20", "fd12:3456:789a::1/127"]),
         ] {
             let ips: Vec<IpNet> = ips.iter().map(|s| s.parse().unwrap()).collect();
-            nft_equiv::assert_same_rules(case, NAT_CHAINS, &tag, &masq_rules(&tag, &ips), |t| {
-                legacy_script(t, &tag, &ips)
-            });
+            nft_equiv::assert_same_rules(
+                case,
+                NAT_CHAINS,
+                &tag,
+                &masq_rules(&tag, &ips, &[]),
+                |t| legacy_script(t, &tag, &ips),
+            );
         }
     }
 }
