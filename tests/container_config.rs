@@ -265,25 +265,8 @@ async fn shared_pid_namespace_sees_other_containers_and_reaps_zombies() -> Resul
     assert!(ps.contains("crius-init"), "{ps}");
 
     // With pid mode CONTAINER a container sees only itself.
-    let mut alone = container("alone", &["sleep", "1000"]);
-    alone.linux = Some(LinuxContainerConfig {
-        security_context: Some(LinuxContainerSecurityContext {
-            namespace_options: Some(NamespaceOption {
-                pid: NamespaceMode::Container as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    let own = pod.create(alone).await?;
-    pod.env
-        .daemon
-        .runtime()
-        .await?
-        .start_container(k8s_cri::v1::StartContainerRequest {
-            container_id: own.clone(),
-        })
+    let own = pod
+        .run_config(own_pid_ns(container("alone", &["sleep", "1000"])))
         .await?;
     let ps = text(&pod.exec(&own, &["ps", "-o", "comm"], 10).await?);
     assert!(!ps.contains("crius-init"), "{ps}");

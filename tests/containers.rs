@@ -17,11 +17,12 @@ use tonic::Code;
 
 async fn lifecycle(handler: &str) -> Result<()> {
     let pod = pod_with_busybox(handler).await?;
+    // Its own PID namespace: `sleep` is PID 1 there and ignores SIGTERM (the stop below).
     let id = pod
-        .run(
+        .run_config(own_pid_ns(container(
             "web",
             &["sh", "-c", "echo hello; echo oops >&2; exec sleep 1000"],
-        )
+        )))
         .await?;
     let st = pod.status(&id).await?;
     assert_eq!(

@@ -97,7 +97,33 @@ pub fn container(name: &str, cmd: &[&str]) -> ContainerConfig {
     }
 }
 
+/// `c` with pid mode CONTAINER: its command is PID 1 of its own namespace (as the kubelet asks
+/// for pods without shareProcessNamespace).
+pub fn own_pid_ns(mut c: ContainerConfig) -> ContainerConfig {
+    let linux = c.linux.get_or_insert_with(Default::default);
+    let sc = linux.security_context.get_or_insert_with(Default::default);
+    sc.namespace_options = Some(k8s_cri::v1::NamespaceOption {
+        pid: k8s_cri::v1::NamespaceMode::Container as i32,
+        ..Default::default()
+    });
+    c
+}
+
 impl Pod {
+    /// Creates and starts a container from a whole config.
+    pub async fn run_config(&self, config: ContainerConfig) -> Result<String> {
+        let id = self.create(config).await?;
+        self.env
+            .daemon
+            .runtime()
+            .await?
+            .start_container(StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await?;
+        Ok(id)
+    }
+
     pub async fn create(&self, config: ContainerConfig) -> Result<String, tonic::Status> {
         let mut rt = self
             .env
