@@ -566,8 +566,23 @@ async fn the_pods_pid_1_is_no_door_to_the_host() -> Result<()> {
         pid: NamespaceMode::Pod as i32,
         ..Default::default()
     };
-    let pod = pod_with("runc", |c| {
+    // A kubelet-style pod cgroup the init must join.
+    let parent = format!("crius-hh-{}", std::process::id());
+    for h in ["memory", "pids"] {
+        std::fs::create_dir_all(Path::new("/sys/fs/cgroup").join(h).join(&parent))?;
+    }
+    let remove_parent = || {
+        for h in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_dir(h.path().join(&parent));
+        }
+    };
+    let pod = match pod_with("runc", |c| {
         c.linux = Some(LinuxPodSandboxConfig {
+            cgroup_parent: format!("/{parent}"),
             security_context: Some(LinuxSandboxSecurityContext {
                 namespace_options: Some(shared_pid()),
                 ..Default::default()
@@ -575,7 +590,14 @@ async fn the_pods_pid_1_is_no_door_to_the_host() -> Result<()> {
             ..Default::default()
         })
     })
-    .await?;
+    .await
+    {
+        Ok(p) => p,
+        Err(e) => {
+            remove_parent();
+            return Err(e);
+        }
+    };
     // A host file only the host should see.
     let secret_dir = tempfile::tempdir()?;
     let secret = secret_dir.path().join("secret");
@@ -636,9 +658,28 @@ async fn the_pods_pid_1_is_no_door_to_the_host() -> Result<()> {
             }
         }
         ensure!(status.lines().count() == 8, "{status}");
+        // It counts against the pod's cgroup.
+        let in_pod_cgroup: Vec<i32> = std::fs::read_dir("/proc")?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "crius-init")
+                    && std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| {
+                        c.lines()
+                            .any(|l| l.ends_with(&format!(":memory:/{parent}")))
+                    })
+            })
+            .collect();
+        ensure!(
+            in_pod_cgroup.len() == 1,
+            "the pod's init is in its memory cgroup /{parent}: {in_pod_cgroup:?}"
+        );
         Ok(())
     }
     .await;
-    pod.teardown().await?;
+    let torn_down = pod.teardown().await;
+    remove_parent();
+    torn_down?;
     result
 }

@@ -198,6 +198,17 @@ impl PodManager {
                 warn!(error = %e, "rollback: unpinning namespaces failed");
             }
         });
+        // The pod's PID 1 belongs to the pod: its memory and pids count against the pod's
+        // cgroup when the kubelet names one.
+        let cgroup_parent = config
+            .linux
+            .as_ref()
+            .map(|l| l.cgroup_parent.as_str())
+            .unwrap_or_default();
+        if let Some(init) = pinned.init.as_ref().filter(|_| !cgroup_parent.is_empty()) {
+            let joined = crate::rootfs::join_cgroup(cgroup_parent, init.pid);
+            tracing::debug!(pod_id = %id, hierarchies = joined, "pod init moved into the pod cgroup");
+        }
 
         let (shm, shm_mounted) = if plan.own.contains(&NsType::Ipc) {
             let shm = dir.join("shm");

@@ -113,6 +113,45 @@ pub fn remove_cgroup(rel: &str) {
     }
 }
 
+/// Moves `pid` into cgroup `rel` (e.g. `/kubepods/pod<uid>`) of every mounted hierarchy in
+/// which that cgroup exists; returns how many. `rel` comes from a request: one with `..` is
+/// ignored. Failures (e.g. an unset cpuset) are logged and skipped.
+pub fn join_cgroup(rel: &str, pid: i32) -> usize {
+    let rel = Path::new(rel.trim_start_matches('/'));
+    if rel
+        .components()
+        .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        tracing::warn!(cgroup = %rel.display(), "not joining a cgroup path with '..'");
+        return 0;
+    }
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return 0;
+    };
+    let mut joined = 0;
+    for line in mountinfo.lines() {
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
+        let fs_type = post.split(' ').next().unwrap_or_default();
+        if fs_type != "cgroup" && fs_type != "cgroup2" {
+            continue;
+        }
+        let Some(mount_point) = pre.split(' ').nth(4) else {
+            continue;
+        };
+        let procs = Path::new(mount_point).join(rel).join("cgroup.procs");
+        if !procs.exists() {
+            continue;
+        }
+        match std::fs::write(&procs, pid.to_string()) {
+            Ok(()) => joined += 1,
+            Err(e) => tracing::warn!(path = %procs.display(), error = %e, "joining the pod cgroup"),
+        }
+    }
+    joined
+}
+
 /// The mount holding a path and its propagation, as /proc/self/mountinfo tells.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountOf {
