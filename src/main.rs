@@ -1,7 +1,6 @@
 //! criusd: the crius CRI daemon. Sets up config, logging, the root lock and signals, wires the
 //! stores into the gRPC services, and drains on shutdown.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
@@ -202,6 +201,10 @@ async fn run(config: Config) -> Result<()> {
         })
         .await??,
     );
+    containers.set_exec_limits(crius_runtime::ExecLimits {
+        per_container: config.exec.max_per_container,
+        total: config.exec.max_total,
+    });
 
     let listener = bind(&config.listen)?;
     info!(socket = %config.listen.display(), "serving the CRI");
@@ -273,7 +276,7 @@ async fn wait_for_signal() -> Result<&'static str> {
 }
 
 /// Binds the CRI socket: parent directories created, a stale socket replaced (we hold the
-/// root lock, so no other criusd owns it), mode 0660.
+/// root lock, so no other criusd owns it), mode 0660 from the start.
 fn bind(path: &Path) -> Result<tokio::net::UnixListener> {
     if let Some(parent) = path.parent() {
         crius_state::create_dir_all(parent, 0o711)?;
@@ -285,9 +288,9 @@ fn bind(path: &Path) -> Result<tokio::net::UnixListener> {
             return Err(e).with_context(|| format!("removing stale socket {}", path.display()));
         }
     }
-    let listener = tokio::net::UnixListener::bind(path)
+    // Bound in a private directory with its final mode, then moved into place: no moment
+    // where anyone else could connect.
+    let listener = crius_state::bind_private_socket(path, 0o660)
         .with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .with_context(|| format!("setting mode of {}", path.display()))?;
-    Ok(listener)
+    Ok(tokio::net::UnixListener::from_std(listener)?)
 }

@@ -96,6 +96,18 @@ async fn image_defaults_and_cri_overrides() -> Result<()> {
 async fn mounts_readonly_propagation_and_symlinked_host_path() -> Result<()> {
     let pod = pod_with_busybox("runc").await?;
     let host = tempfile::tempdir()?;
+    // HOST_TO_CONTAINER needs a shared host mount, which crius no longer makes itself: the
+    // test makes its volume dir one, as an admin would.
+    for args in [
+        &["--bind", &host.path().display().to_string()][..],
+        &["--make-shared"][..],
+    ] {
+        let st = std::process::Command::new("mount")
+            .args(args)
+            .arg(host.path())
+            .status()?;
+        assert!(st.success(), "mount {args:?}");
+    }
     let data = host.path().join("data");
     std::fs::create_dir(&data)?;
     let link = host.path().join("link");
@@ -158,6 +170,7 @@ async fn mounts_readonly_propagation_and_symlinked_host_path() -> Result<()> {
     nix::mount::umount2(&sub, nix::mount::MntFlags::MNT_DETACH)?;
     assert_eq!(text(&seen?), "from host");
     pod.teardown().await?;
+    nix::mount::umount2(host.path(), nix::mount::MntFlags::MNT_DETACH)?;
     let left: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")?
         .lines()
         .filter(|l| l.contains(&host.path().display().to_string()))

@@ -901,3 +901,87 @@ async fn pod_network_stats_count_traffic() -> Result<()> {
     net.assert_clean();
     Ok(())
 }
+
+/// CVE-2020-8558: the route_localnet that hostPort on 127.0.0.1 needs must not let a pod reach
+/// the host's loopback-only services. The pod routes 127.0.0.1 to its gateway (what a pod with
+/// NET_RAW does with a crafted packet); its SYN must get no answer, while hostPort via
+/// 127.0.0.1 keeps working.
+#[tokio::test]
+async fn pods_cannot_reach_host_loopback_services() -> Result<()> {
+    let net = Net::start(Plugins::Crius).await?;
+    let host_port = 30000 + (rand_u16() % 20000);
+    let a = net.run_pod("a", &[(8080, host_port as i32)]).await?;
+    let (_, ns) = net.ip_and_netns(&a).await?;
+    let localnet = || {
+        std::fs::read_to_string(format!(
+            "/proc/sys/net/ipv4/conf/{}/route_localnet",
+            net.bridge
+        ))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default()
+    };
+    assert_eq!(
+        localnet(),
+        "1",
+        "hostPort on 127.0.0.1 needs route_localnet"
+    );
+
+    let service = std::net::TcpListener::bind("127.0.0.1:0")?;
+    service.set_nonblocking(true)?;
+    let port = service.local_addr()?.port();
+    let datagrams = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    datagrams.set_nonblocking(true)?;
+    let udp_port = datagrams.local_addr()?.port();
+    let script = format!(
+        "ip route del local 127.0.0.0/8 dev lo table local; \
+         ip route del local 127.0.0.1 dev lo table local; \
+         echo 1 > /proc/sys/net/ipv4/conf/eth0/route_localnet; \
+         ip route add 127.0.0.1/32 via {} dev eth0 onlink || exit 2; \
+         exec python3 -c 'import socket; \
+         socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b\"x\", (\"127.0.0.1\", {udp_port})); \
+         socket.create_connection((\"127.0.0.1\", {port}), timeout=2)'",
+        net.gateway()
+    );
+    let attack = Command::new("nsenter")
+        .arg(format!("--net={}", ns.display()))
+        .args(["sh", "-c", &script])
+        .output()?;
+    // The host answered the SYN if the listener holds a half-open connection (SYN_RECV) or
+    // a full one; the datagram arrived if it can be read.
+    let listener_addr = format!("0100007F:{port:04X}");
+    let answered = std::fs::read_to_string("/proc/net/tcp")?.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.get(1) == Some(&listener_addr.as_str()) && f.get(3) == Some(&"03")
+    }) || service.accept().is_ok();
+    let delivered = datagrams.recv(&mut [0u8; 8]).is_ok();
+    // The pod's own loopback routes are gone: later requests to it go over eth0 anyway.
+    let www = tempfile::tempdir()?;
+    let mut server = serve_in(&ns, 8080, www.path());
+    let via_localhost = http_get(&format!("127.0.0.1:{host_port}"));
+    let _ = server.kill();
+    let _ = server.wait();
+
+    net.remove(&a).await?;
+    let localnet_after = localnet();
+    net.assert_clean();
+    assert_ne!(
+        attack.status.code(),
+        Some(2),
+        "the pod could not set up its route: {}",
+        String::from_utf8_lossy(&attack.stderr)
+    );
+    assert!(
+        !answered,
+        "the host answered a pod's SYN to a service bound to 127.0.0.1"
+    );
+    assert!(
+        !delivered,
+        "a pod's datagram reached a host service bound to 127.0.0.1"
+    );
+    assert!(served(&via_localhost), "hostPort via 127.0.0.1 still works");
+    assert_eq!(
+        localnet_after, "0",
+        "route_localnet is closed again with the last port mapping"
+    );
+    Ok(())
+}

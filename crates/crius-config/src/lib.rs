@@ -93,6 +93,26 @@ pub struct Config {
     pub runtimes: BTreeMap<String, RuntimeHandlerConfig>,
     /// Per-registry settings keyed by registry host (`docker.io`, `localhost:5000`, ...).
     pub registries: BTreeMap<String, RegistryHostConfig>,
+    pub exec: ExecConfig,
+}
+
+/// Bounds on ExecSync: calls beyond them get ResourceExhausted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecConfig {
+    /// ExecSync calls running at once in one container.
+    pub max_per_container: usize,
+    /// ExecSync calls running at once on the node (keep below tokio's 512 blocking threads).
+    pub max_total: usize,
+}
+
+impl Default for ExecConfig {
+    fn default() -> Self {
+        ExecConfig {
+            max_per_container: 64,
+            max_total: 256,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -173,6 +193,7 @@ impl Default for Config {
             default_runtime: None,
             runtimes: BTreeMap::new(),
             registries: BTreeMap::new(),
+            exec: ExecConfig::default(),
         }
     }
 }

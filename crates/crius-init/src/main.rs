@@ -9,6 +9,13 @@
 //! Signals are blocked and collected with `sigtimedwait`, so there is no async handler and no
 //! allocation after start-up. No-op handlers are still installed: the kernel drops signals to a
 //! namespace init that has no handler for them when they come from an ancestor namespace.
+//!
+//! Every container of the pod sees this process as PID 1, and one with `SYS_PTRACE` may walk
+//! into `/proc/1/root` or attach to it. So before anything else it confines itself: a mount
+//! namespace of its own whose root is an empty read-only tmpfs (pivot_root, the host's root
+//! detached), no capabilities in any set, no_new_privs, uid and gid 65535 (the pause image's).
+//! Forwarded signals then reach only what an unprivileged process may signal; criusd stops
+//! the containers itself, and SIGKILL of this process ends whatever is left.
 
 use std::process::ExitCode;
 use std::ptr;
@@ -27,7 +34,15 @@ const DRAIN_POLL_NS: libc::c_long = 100_000_000;
 
 extern "C" fn noop(_: libc::c_int) {}
 
+/// The unprivileged user and group PID 1 runs as (the pause image's 65535).
+const INIT_ID: libc::uid_t = 65535;
+
 fn main() -> ExitCode {
+    if let Err(e) = confine() {
+        // stderr is /dev/null under crius-pinns; the missing ready byte reports the failure.
+        eprintln!("crius-init: {e}");
+        return ExitCode::FAILURE;
+    }
     // SAFETY: plain libc calls on locally owned, initialised structures.
     let set = unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -112,4 +127,96 @@ fn namespace_empty() -> bool {
     // SAFETY: signal 0 only checks for existence.
     let rc = unsafe { libc::kill(-1, 0) };
     rc == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+}
+
+/// An empty root, no capabilities, no_new_privs, uid/gid [`INIT_ID`]; see the module docs.
+fn confine() -> Result<(), String> {
+    let os = |what: &str| format!("{what}: {}", std::io::Error::last_os_error());
+    let root = c"/";
+    let dot = c".";
+    let tmpfs = c"tmpfs";
+    let spot = c"/proc";
+    // SAFETY: plain syscalls with NUL-terminated constant strings; no memory is shared.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return Err(os("unshare mount namespace"));
+        }
+        // Nothing done below may propagate back to the host.
+        if libc::mount(
+            ptr::null(),
+            root.as_ptr(),
+            ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            ptr::null(),
+        ) != 0
+        {
+            return Err(os("making mounts private"));
+        }
+        let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        // Any existing directory serves as the mount point (pivot_root refuses one stacked on
+        // the current root); /proc exists on every Linux host, and is not needed any more.
+        if libc::mount(
+            tmpfs.as_ptr(),
+            spot.as_ptr(),
+            tmpfs.as_ptr(),
+            flags,
+            c"size=4k,nr_inodes=4,mode=0555".as_ptr().cast(),
+        ) != 0
+        {
+            return Err(os("mounting the empty root"));
+        }
+        // Step onto the tmpfs and swap it with the root, then detach the old root, which
+        // pivot_root stacked on top of it (runc's pivot_root(".", ".")).
+        if libc::chdir(spot.as_ptr()) != 0 {
+            return Err(os("chdir to the empty root"));
+        }
+        if libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) != 0 {
+            return Err(os("pivot_root"));
+        }
+        if libc::umount2(dot.as_ptr(), libc::MNT_DETACH) != 0 {
+            return Err(os("detaching the old root"));
+        }
+        if libc::chdir(root.as_ptr()) != 0 {
+            return Err(os("chdir"));
+        }
+        if libc::mount(
+            ptr::null(),
+            root.as_ptr(),
+            ptr::null(),
+            libc::MS_REMOUNT | libc::MS_RDONLY | flags,
+            ptr::null(),
+        ) != 0
+        {
+            return Err(os("remounting the empty root read-only"));
+        }
+        // The bounding set needs CAP_SETPCAP, so it goes before the uid change.
+        for cap in 0..64 {
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
+                && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL)
+            {
+                return Err(os("dropping the capability bounding set"));
+            }
+        }
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        );
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err(os("no_new_privs"));
+        }
+        if libc::setgroups(0, ptr::null()) != 0 {
+            return Err(os("setgroups"));
+        }
+        if libc::setresgid(INIT_ID, INIT_ID, INIT_ID) != 0 {
+            return Err(os("setresgid"));
+        }
+        // Leaving uid 0 (without SECBIT_KEEP_CAPS) clears the permitted and effective sets.
+        if libc::setresuid(INIT_ID, INIT_ID, INIT_ID) != 0 {
+            return Err(os("setresuid"));
+        }
+    }
+    Ok(())
 }

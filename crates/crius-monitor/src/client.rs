@@ -31,6 +31,12 @@ impl MonitorClient {
         s.set_write_timeout(timeout)
     }
 
+    /// A second handle on the connection: shutting it down makes a pending request fail at
+    /// once, and the monitor kills an exec whose connection closed (a cancelled ExecSync).
+    pub fn cancel_handle(&self) -> io::Result<UnixStream> {
+        self.reader.get_ref().try_clone()
+    }
+
     /// Sends one request and returns the raw response, `Response::Error` included.
     pub fn request(&mut self, req: &Request) -> io::Result<Response> {
         self.reader.get_mut().write_all(&req.encode())?;

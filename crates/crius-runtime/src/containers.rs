@@ -17,7 +17,7 @@ use crius_monitor::{CreateRequest, ExecRequest, MonitorClient};
 use crius_oci::{
     ImageConfig, NsSource, OciRuntime, PodFiles, PodNamespaces, SpecFeatures, SpecInput,
 };
-use crius_state::{create_dir_all, read_json, write_json};
+use crius_state::{create_dir_all, create_dir_with_mode, read_json};
 use k8s_cri::v1::{ContainerConfig, NamespaceMode, PodSandboxConfig};
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
@@ -28,6 +28,7 @@ use crate::ids::{new_id, resolve};
 use crate::keylocks::KeyLocks;
 use crate::pods::PodManager;
 use crate::record::{PodRecord, PodState};
+use crate::records::{RecordLocks, Save};
 use crate::rollback::Rollback;
 use crate::rootfs;
 
@@ -120,6 +121,8 @@ pub struct ContainerManager {
     pods: Arc<PodManager>,
     containers: Mutex<BTreeMap<String, ContainerRecord>>,
     locks: KeyLocks,
+    records: RecordLocks,
+    exec_slots: ExecSlots,
     features: SpecFeatures,
     oom_floor: Option<i64>,
 }
@@ -139,6 +142,184 @@ fn mark_lost(c: &mut ContainerRecord, code: i32, reason: &str, what: &str) {
     );
 }
 
+/// How many ExecSync calls may run at once, per container and in all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecLimits {
+    pub per_container: usize,
+    pub total: usize,
+}
+
+impl Default for ExecLimits {
+    /// Generous for probes (a few per container), and below tokio's 512 blocking threads so
+    /// waiting execs never starve the other RPCs.
+    fn default() -> Self {
+        ExecLimits {
+            per_container: 64,
+            total: 256,
+        }
+    }
+}
+
+#[derive(Default)]
+struct ExecSlots {
+    limits: Mutex<ExecLimits>,
+    running: Mutex<(usize, BTreeMap<String, usize>)>,
+}
+
+/// One running ExecSync; released on drop.
+struct ExecSlot<'a> {
+    slots: &'a ExecSlots,
+    id: String,
+}
+
+impl ExecSlots {
+    fn acquire(&self, id: &str) -> Result<ExecSlot<'_>, RuntimeError> {
+        let limits = *self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, per) = &mut *running;
+        let mine = per.get(id).copied().unwrap_or(0);
+        let too_many = |limit, scope| RuntimeError::TooManyExecs {
+            id: id.into(),
+            limit,
+            scope,
+        };
+        if mine >= limits.per_container {
+            return Err(too_many(limits.per_container, "in this container"));
+        }
+        if *total >= limits.total {
+            return Err(too_many(limits.total, "on this node"));
+        }
+        *total += 1;
+        per.insert(id.to_owned(), mine + 1);
+        Ok(ExecSlot {
+            slots: self,
+            id: id.to_owned(),
+        })
+    }
+}
+
+impl Drop for ExecSlot<'_> {
+    fn drop(&mut self) {
+        let mut running = self.slots.running.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, per) = &mut *running;
+        *total -= 1;
+        if let Some(n) = per.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                per.remove(&self.id);
+            }
+        }
+    }
+}
+
+/// Lets the caller of [`ContainerManager::exec_sync`] abandon it from another thread.
+#[derive(Clone, Default)]
+pub struct ExecCancel(Arc<Mutex<(bool, Option<std::os::unix::net::UnixStream>)>>);
+
+impl ExecCancel {
+    /// Makes a running exec call return at once; the monitor then kills the process.
+    pub fn cancel(&self) {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        g.0 = true;
+        if let Some(s) = &g.1 {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Registers the exec's connection; false when already cancelled.
+    fn arm(&self, conn: std::os::unix::net::UnixStream) -> bool {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if g.0 {
+            return false;
+        }
+        g.1 = Some(conn);
+        true
+    }
+}
+
+/// Bounds every call to a pod monitor: above the monitor's own limit for a runtime command
+/// (120 s), so the monitor reports a stuck runtime itself; only a hung monitor hits this.
+const MONITOR_CALL_TIMEOUT: Duration = Duration::from_secs(130);
+/// An exec's call may take this much longer than the exec's own timeout.
+const EXEC_CALL_SLACK: Duration = Duration::from_secs(5);
+/// The monitor answers `state` from memory: a refresh waits no longer than this.
+const STATE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A failed monitor call; a call that timed out is DeadlineExceeded.
+fn monitor_failed(id: &str, op: &'static str, e: std::io::Error) -> RuntimeError {
+    if matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    ) {
+        return RuntimeError::MonitorTimeout { id: id.into(), op };
+    }
+    RuntimeError::Monitor {
+        id: id.into(),
+        op,
+        message: e.to_string(),
+    }
+}
+
+/// `log_path` is joined to the pod's log directory by root: it must stay inside it.
+fn validate_log_path(log_path: &str) -> Result<(), RuntimeError> {
+    const FIELD: &str = "config.log_path";
+    if log_path.len() > 4096 {
+        return Err(invalid(FIELD, "is longer than 4096 bytes"));
+    }
+    let path = Path::new(log_path);
+    if path.is_absolute() {
+        return Err(invalid(
+            FIELD,
+            format!("{log_path:?} must be relative to the pod's log_directory"),
+        ));
+    }
+    if path
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err(invalid(
+            FIELD,
+            format!("{log_path:?} must not contain \"..\""),
+        ));
+    }
+    Ok(())
+}
+
+/// HOST_TO_CONTAINER and BIDIRECTIONAL propagation work only from a host mount that is
+/// already shared (or, for HOST_TO_CONTAINER, a slave): crius never changes the host's mount
+/// table to make them work, and refuses them otherwise, as containerd does.
+fn check_propagation(i: usize, m: &k8s_cri::v1::Mount) -> Result<(), RuntimeError> {
+    use k8s_cri::v1::MountPropagation as P;
+    let (wanted, fix) = match P::try_from(m.propagation) {
+        Ok(P::PropagationBidirectional) => ("shared", "rshared"),
+        Ok(P::PropagationHostToContainer) => ("shared or a slave", "rshared"),
+        _ => return Ok(()), // private, or unknown: refused by the spec step
+    };
+    if m.host_path.is_empty() {
+        return Ok(()); // refused by the spec step
+    }
+    // A missing host path is created by the spec step on the mount of its nearest ancestor.
+    let mut host = Path::new(&m.host_path);
+    while !host.exists() {
+        match host.parent() {
+            Some(p) => host = p,
+            None => break,
+        }
+    }
+    let mount = rootfs::mount_of(host).map_err(io_err("finding the mount of", host))?;
+    let ok = mount.shared || (mount.slave && wanted != "shared");
+    if ok {
+        return Ok(());
+    }
+    Err(RuntimeError::Propagation {
+        field: format!("config.mounts[{i}].propagation"),
+        path: PathBuf::from(&m.host_path),
+        mount_point: mount.mount_point,
+        wanted,
+        fix,
+    })
+}
+
 fn now() -> i64 {
     chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
 }
@@ -150,8 +331,10 @@ impl ContainerManager {
         opts: ContainerManagerOptions,
         pods: Arc<PodManager>,
     ) -> Result<ContainerManager, RuntimeError> {
-        create_dir_all(&opts.root_dir, 0o700)?;
-        create_dir_all(&opts.state_dir, 0o711)?;
+        // No host user but root reaches a container's files (CVE-2021-41091 class): the
+        // layers are under a 0700 dir, bundles under a 0711 one and each bundle is 0700.
+        create_dir_with_mode(&opts.root_dir, 0o700)?;
+        create_dir_with_mode(&opts.state_dir, 0o711)?;
         create_dir_all(&opts.monitor_socket_dir, 0o700)?;
         let mut containers = BTreeMap::new();
         for entry in fs::read_dir(&opts.root_dir)
@@ -182,6 +365,8 @@ impl ContainerManager {
             pods,
             containers: Mutex::new(containers),
             locks: KeyLocks::default(),
+            records: RecordLocks::default(),
+            exec_slots: ExecSlots::default(),
             features,
             oom_floor: oom_floor(),
         };
@@ -193,6 +378,15 @@ impl ContainerManager {
         }
         info!(containers = mgr.lock().len(), "container records loaded");
         Ok(mgr)
+    }
+
+    /// Caps concurrent ExecSync calls (config `exec_max_per_container`, `exec_max_total`).
+    pub fn set_exec_limits(&self, limits: ExecLimits) {
+        *self
+            .exec_slots
+            .limits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = limits;
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, ContainerRecord>> {
@@ -223,10 +417,18 @@ impl ContainerManager {
         })
     }
 
+    /// Saves an update of a record; dropped when the record was removed meanwhile (a status
+    /// refresh racing a Remove must not bring it back).
     fn save(&self, c: &ContainerRecord) -> Result<(), RuntimeError> {
-        write_json(&self.record_path(&c.id), c)?;
-        self.lock().insert(c.id.clone(), c.clone());
-        Ok(())
+        self.records
+            .save(
+                &self.containers,
+                &self.record_path(&c.id),
+                &c.id,
+                c,
+                Save::Update,
+            )
+            .map(drop)
     }
 
     fn monitor_socket(&self, pod: &PodRecord) -> PathBuf {
@@ -241,6 +443,14 @@ impl ContainerManager {
 
     /// The pod's monitor, started on first use, and started again if it died.
     fn monitor(&self, pod: &PodRecord) -> Result<MonitorClient, RuntimeError> {
+        let client = self.monitor_unbounded(pod)?;
+        client
+            .set_timeout(Some(MONITOR_CALL_TIMEOUT))
+            .map_err(io_err("setting a timeout on", self.monitor_socket(pod)))?;
+        Ok(client)
+    }
+
+    fn monitor_unbounded(&self, pod: &PodRecord) -> Result<MonitorClient, RuntimeError> {
         let socket = self.monitor_socket(pod);
         if let Ok(c) = MonitorClient::connect(&socket) {
             return Ok(c);
@@ -265,7 +475,11 @@ impl ContainerManager {
     /// Asked only once the container's process is gone without an exit file.
     fn monitor_knows(&self, pod: &PodRecord, id: &str) -> bool {
         MonitorClient::connect(&self.monitor_socket(pod))
-            .and_then(|mut m| m.state())
+            .and_then(|mut m| {
+                // A status refresh must not hang on a hung monitor.
+                m.set_timeout(Some(STATE_CALL_TIMEOUT))?;
+                m.state()
+            })
             .is_ok_and(|list| list.iter().any(|s| s.id == id))
     }
 
@@ -332,7 +546,6 @@ impl ContainerManager {
         &self,
         pod_id: &str,
         config: ContainerConfig,
-        sandbox_config: Option<k8s_cri::v1::PodSandboxConfig>,
         image: ImageInfo,
         image_name: String,
     ) -> Result<String, RuntimeError> {
@@ -347,6 +560,7 @@ impl ContainerManager {
         if meta.name.is_empty() {
             return Err(invalid("config.metadata.name", "must not be empty"));
         }
+        validate_log_path(&config.log_path)?;
         let key = format!("{}_{}_{}", meta.name, meta.attempt, pod.id);
         let _guard = self.locks.lock(&key);
         if let Some(existing) = self.lock().values().find(|c| {
@@ -361,7 +575,9 @@ impl ContainerManager {
                 id: existing.id.clone(),
             });
         }
-        let sandbox = sandbox_config.unwrap_or_else(|| pod.config.clone());
+        // The stored pod config, never a copy from the request: it decides what the
+        // container may be (privileged, sysctls).
+        let sandbox = pod.config.clone();
         let image_config = ImageConfig::from_json(&image.config)
             .map_err(|e| invalid("image config", e.to_string()))?;
 
@@ -370,6 +586,8 @@ impl ContainerManager {
         let bundle = self.opts.state_dir.join(&id);
         let rootfs = bundle.join("rootfs");
         let mut undo = Rollback::default();
+        create_dir_with_mode(&layer_dir, 0o700)?;
+        create_dir_with_mode(&bundle, 0o700)?;
         for d in [
             layer_dir.join("upper"),
             layer_dir.join("work"),
@@ -399,31 +617,12 @@ impl ContainerManager {
             }
         });
 
-        let mut shared_binds = Vec::new();
         for (i, m) in config.mounts.iter().enumerate() {
-            if m.propagation == k8s_cri::v1::MountPropagation::PropagationPrivate as i32
-                || m.host_path.is_empty()
-            {
-                continue;
-            }
-            let host = Path::new(&m.host_path);
-            if !host.exists() {
-                continue; // created by the spec step like any other missing host path
-            }
-            if rootfs::ensure_shared(host)
-                .map_err(io_err("making the volume's host mount shared", host))?
-            {
-                let bound = fs::canonicalize(host).map_err(io_err("resolving", host))?;
-                tracing::debug!(mount = i, path = %bound.display(), "host side of the volume made a shared mount");
-                undo.push({
-                    let b = bound.clone();
-                    move || {
-                        let _ = rootfs::unmount(&b);
-                    }
-                });
-                shared_binds.push(bound);
-            }
+            check_propagation(i, m)?;
         }
+        // Host paths are never re-shared any more (that changed the host's mount table);
+        // the field stays for records of older versions, whose binds removal still undoes.
+        let shared_binds = Vec::new();
 
         let handler_path = self.runtime_path(&pod.runtime_handler)?;
         let spec = crius_oci::container_spec(&SpecInput {
@@ -478,11 +677,7 @@ impl ContainerManager {
                 tty: config.tty,
                 exit_dir,
             })
-            .map_err(|e| RuntimeError::Monitor {
-                id: id.clone(),
-                op: "create",
-                message: e.to_string(),
-            })?;
+            .map_err(|e| monitor_failed(&id, "create", e))?;
 
         let record = ContainerRecord {
             id: id.clone(),
@@ -508,7 +703,14 @@ impl ContainerManager {
             shared_binds,
             config,
         };
-        if let Err(e) = self.save(&record) {
+        let created = self.records.save(
+            &self.containers,
+            &self.record_path(&id),
+            &id,
+            &record,
+            Save::Create,
+        );
+        if let Err(e) = created {
             let _ = monitor.delete(&id, true);
             return Err(e);
         }
@@ -532,11 +734,7 @@ impl ContainerManager {
         let started_at = self
             .monitor(&pod)?
             .start(&c.id)
-            .map_err(|e| RuntimeError::Monitor {
-                id: c.id.clone(),
-                op: "start",
-                message: e.to_string(),
-            })?;
+            .map_err(|e| monitor_failed(&c.id, "start", e))?;
         let mut c = c;
         c.state = ContainerState::Running;
         c.started_at = started_at;
@@ -665,11 +863,8 @@ impl ContainerManager {
         let _guard = self.locks.lock(&c.id);
         if let Some(pod) = self.pods.find(&c.pod_id)? {
             let via_monitor = self.monitor(&pod).and_then(|mut m| {
-                m.delete(&c.id, true).map_err(|e| RuntimeError::Monitor {
-                    id: c.id.clone(),
-                    op: "delete",
-                    message: e.to_string(),
-                })
+                m.delete(&c.id, true)
+                    .map_err(|e| monitor_failed(&c.id, "delete", e))
             });
             // A container left by a monitor that died is unknown to its successor: the
             // runtime deletes it directly (its state and cgroup would leak otherwise).
@@ -699,9 +894,8 @@ impl ContainerManager {
         for dir in [&c.bundle, &c.layer_dir] {
             removed(fs::remove_dir_all(dir), dir)?;
         }
-        let path = self.record_path(&c.id);
-        removed(fs::remove_file(&path), &path)?;
-        self.lock().remove(&c.id);
+        self.records
+            .remove(&self.containers, &self.record_path(&c.id), &c.id)?;
         info!(container_id = %c.id, "container removed");
         Ok(())
     }
@@ -746,11 +940,14 @@ impl ContainerManager {
     }
 
     /// Runs `cmd` in a running container and returns its output.
+    /// `cancel` lets the caller abandon the exec (its client went away): the call returns
+    /// at once and the monitor kills the process.
     pub fn exec_sync(
         &self,
         id: &str,
         cmd: Vec<String>,
         timeout: Duration,
+        cancel: &ExecCancel,
     ) -> Result<ExecOutput, RuntimeError> {
         let c = self.refresh(&self.get(id)?.id)?;
         if c.state != ContainerState::Running {
@@ -790,8 +987,23 @@ impl ContainerManager {
             })
             .unwrap_or_default();
         let pod = self.pods.get(&c.pod_id)?;
-        let out = self
-            .monitor(&pod)?
+        let _slot = self.exec_slots.acquire(&c.id)?;
+        let mut monitor = self.monitor_unbounded(&pod)?;
+        let call_timeout = (!timeout.is_zero()).then(|| timeout + EXEC_CALL_SLACK);
+        monitor
+            .set_timeout(call_timeout)
+            .map_err(|e| monitor_failed(&c.id, "exec", e))?;
+        let handle = monitor
+            .cancel_handle()
+            .map_err(|e| monitor_failed(&c.id, "exec", e))?;
+        if !cancel.arm(handle) {
+            return Err(RuntimeError::Monitor {
+                id: c.id.clone(),
+                op: "exec",
+                message: "cancelled by the caller".into(),
+            });
+        }
+        let out = monitor
             .exec(&ExecRequest {
                 id: c.id.clone(),
                 argv: cmd,
@@ -802,11 +1014,7 @@ impl ContainerManager {
                 timeout_ms: timeout.as_millis() as u64,
                 no_new_privileges: process["noNewPrivileges"].as_bool().unwrap_or(false),
             })
-            .map_err(|e| RuntimeError::Monitor {
-                id: c.id.clone(),
-                op: "exec",
-                message: e.to_string(),
-            })?;
+            .map_err(|e| monitor_failed(&c.id, "exec", e))?;
         Ok(ExecOutput {
             stdout: out.stdout,
             stderr: out.stderr,
@@ -827,11 +1035,7 @@ impl ContainerManager {
         let pod = self.pods.get(&c.pod_id)?;
         self.monitor(&pod)?
             .reopen_log(&c.id)
-            .map_err(|e| RuntimeError::Monitor {
-                id: c.id.clone(),
-                op: "reopen log",
-                message: e.to_string(),
-            })
+            .map_err(|e| monitor_failed(&c.id, "reopen log", e))
     }
 
     /// Applies new cgroup limits to a running (or created) container.
@@ -875,6 +1079,7 @@ impl ContainerManager {
     pub fn release_pod(&self, pod: &PodRecord) {
         let socket = self.monitor_socket(pod);
         if let Ok(mut m) = MonitorClient::connect(&socket) {
+            let _ = m.set_timeout(Some(STATE_CALL_TIMEOUT));
             let _ = m.shutdown(true);
         }
         let _ = fs::remove_file(&socket);

@@ -40,10 +40,29 @@ pub enum RuntimeError {
         op: &'static str,
         message: String,
     },
+    #[error("container {id}: {op}: the pod's monitor did not answer in time")]
+    MonitorTimeout { id: String, op: &'static str },
+    #[error("container {id}: {limit} ExecSync calls are running {scope}; try again later")]
+    TooManyExecs {
+        id: String,
+        limit: usize,
+        scope: &'static str,
+    },
     #[error("pod sandbox {pod_id}: network: {source}")]
     Network {
         pod_id: String,
         source: crius_cni::CniError,
+    },
+    #[error(
+        "{field}: host path {path} is on mount {mount_point}, which is not {wanted}; \
+         make it so on the host (mount --make-{fix} {mount_point})"
+    )]
+    Propagation {
+        field: String,
+        path: PathBuf,
+        mount_point: PathBuf,
+        wanted: &'static str,
+        fix: &'static str,
     },
     #[error(transparent)]
     State(#[from] StateError),
@@ -64,12 +83,14 @@ impl HasKind for RuntimeError {
             RuntimeError::PodNotFound { .. } | RuntimeError::ContainerNotFound { .. } => {
                 ErrorKind::NotFound
             }
-            RuntimeError::NotReady { .. } | RuntimeError::WrongState { .. } => {
-                ErrorKind::FailedPrecondition
-            }
+            RuntimeError::NotReady { .. }
+            | RuntimeError::WrongState { .. }
+            | RuntimeError::Propagation { .. } => ErrorKind::FailedPrecondition,
             RuntimeError::NameInUse { .. } => ErrorKind::AlreadyExists,
             RuntimeError::Spec { source, .. } => source.kind(),
             RuntimeError::Monitor { .. } => ErrorKind::Internal,
+            RuntimeError::MonitorTimeout { .. } => ErrorKind::DeadlineExceeded,
+            RuntimeError::TooManyExecs { .. } => ErrorKind::ResourceExhausted,
             RuntimeError::Sandbox { source, .. } => source.kind(),
             RuntimeError::Network { source, .. } => source.kind(),
             RuntimeError::State(e) => e.kind(),

@@ -20,13 +20,14 @@ mod network;
 mod ops;
 mod pods;
 mod record;
+mod records;
 mod rollback;
 mod rootfs;
 mod stats;
 
 pub use containers::{
     ContainerFilter, ContainerManager, ContainerManagerOptions, ContainerRecord, ContainerState,
-    ExecOutput, ImageInfo, signal_number,
+    ExecCancel, ExecLimits, ExecOutput, ImageInfo, signal_number,
 };
 pub use error::RuntimeError;
 pub use ids::new_id;

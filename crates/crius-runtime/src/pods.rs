@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crius_sandbox::{DnsConfig, NsType, PinRequest};
-use crius_state::{create_dir_all, read_json, write_json};
+use crius_state::{create_dir_all, create_dir_with_mode, read_json, write_json};
 use k8s_cri::v1::{NamespaceMode, PodSandboxConfig};
 use tracing::{info, warn};
 
@@ -60,7 +60,9 @@ impl PodManager {
         network: Arc<dyn PodNetwork>,
     ) -> Result<PodManager, RuntimeError> {
         create_dir_all(&opts.records_dir, 0o700)?;
-        create_dir_all(&opts.state_dir.join("pods"), 0o711)?;
+        // Traversable but not listable; each pod's dir below is root's alone (containerd's
+        // 0711/0700), so no host user reaches a pod's files or its /dev/shm.
+        create_dir_with_mode(&opts.state_dir.join("pods"), 0o711)?;
         let mut pods = BTreeMap::new();
         let entries =
             fs::read_dir(&opts.records_dir).map_err(io_err("reading", &opts.records_dir))?;
@@ -155,7 +157,7 @@ impl PodManager {
         let id = new_id();
         let dir = self.opts.state_dir.join("pods").join(&id);
         let mut undo = Rollback::default();
-        create_dir_all(&dir, 0o711)?;
+        create_dir_with_mode(&dir, 0o700)?;
         let d = dir.clone();
         undo.push(move || {
             let _ = fs::remove_dir_all(&d);
@@ -196,10 +198,21 @@ impl PodManager {
                 warn!(error = %e, "rollback: unpinning namespaces failed");
             }
         });
+        // The pod's PID 1 belongs to the pod: its memory and pids count against the pod's
+        // cgroup when the kubelet names one.
+        let cgroup_parent = config
+            .linux
+            .as_ref()
+            .map(|l| l.cgroup_parent.as_str())
+            .unwrap_or_default();
+        if let Some(init) = pinned.init.as_ref().filter(|_| !cgroup_parent.is_empty()) {
+            let joined = crate::rootfs::join_cgroup(cgroup_parent, init.pid);
+            tracing::debug!(pod_id = %id, hierarchies = joined, "pod init moved into the pod cgroup");
+        }
 
         let (shm, shm_mounted) = if plan.own.contains(&NsType::Ipc) {
             let shm = dir.join("shm");
-            create_dir_all(&shm, 0o755)?;
+            create_dir_all(&shm, 0o700)?;
             self.ops
                 .mount_shm(&shm, DEFAULT_SHM_SIZE)
                 .map_err(|source| RuntimeError::Sandbox {
@@ -390,6 +403,43 @@ impl Plan {
                 return Err(invalid(
                     &format!("config.metadata.{field}"),
                     "must not be empty",
+                ));
+            }
+            // Passed to CNI plugins in CNI_ARGS (`K=V;K=V`): a `;` or `=` would inject
+            // arguments of its own (IP=, MAC=), control characters break logs and env.
+            if value.len() > 253
+                || value
+                    .chars()
+                    .any(|c| c == ';' || c == '=' || c.is_control() || c.is_whitespace())
+            {
+                return Err(invalid(
+                    &format!("config.metadata.{field}"),
+                    format!(
+                        "{value:?} must be at most 253 characters without ';', '=', spaces \
+                         or control characters"
+                    ),
+                ));
+            }
+        }
+        for (i, p) in config.port_mappings.iter().enumerate() {
+            let field = |f: &str| format!("config.port_mappings[{i}].{f}");
+            if !(1..=65535).contains(&p.container_port) {
+                return Err(invalid(
+                    &field("container_port"),
+                    format!("{} is not a port number (1-65535)", p.container_port),
+                ));
+            }
+            // 0 means "no host port" (the mapping is only informational).
+            if !(0..=65535).contains(&p.host_port) {
+                return Err(invalid(
+                    &field("host_port"),
+                    format!("{} is not a port number (0-65535)", p.host_port),
+                ));
+            }
+            if !p.host_ip.is_empty() && p.host_ip.parse::<std::net::IpAddr>().is_err() {
+                return Err(invalid(
+                    &field("host_ip"),
+                    format!("{:?} is not an IP address", p.host_ip),
                 ));
             }
         }

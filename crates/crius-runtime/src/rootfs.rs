@@ -113,53 +113,136 @@ pub fn remove_cgroup(rel: &str) {
     }
 }
 
-/// Makes the host side of a volume with HOST_TO_CONTAINER or BIDIRECTIONAL propagation a
-/// shared mount, so mount events reach the container's rslave/rshared copy (and come back).
-/// A path that is not a mount point of its own gets a bind mount onto itself first; then
-/// `true` is returned and the caller unmounts it once no container uses it.
-pub fn ensure_shared(path: &Path) -> io::Result<bool> {
+/// Moves `pid` into cgroup `rel` (e.g. `/kubepods/pod<uid>`) of every mounted hierarchy in
+/// which that cgroup exists; returns how many. `rel` comes from a request: one with `..` is
+/// ignored. Failures (e.g. an unset cpuset) are logged and skipped.
+pub fn join_cgroup(rel: &str, pid: i32) -> usize {
+    let rel = Path::new(rel.trim_start_matches('/'));
+    if rel
+        .components()
+        .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        tracing::warn!(cgroup = %rel.display(), "not joining a cgroup path with '..'");
+        return 0;
+    }
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return 0;
+    };
+    let mut joined = 0;
+    for line in mountinfo.lines() {
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
+        let fs_type = post.split(' ').next().unwrap_or_default();
+        if fs_type != "cgroup" && fs_type != "cgroup2" {
+            continue;
+        }
+        let Some(mount_point) = pre.split(' ').nth(4) else {
+            continue;
+        };
+        let procs = Path::new(mount_point).join(rel).join("cgroup.procs");
+        if !procs.exists() {
+            continue;
+        }
+        match std::fs::write(&procs, pid.to_string()) {
+            Ok(()) => joined += 1,
+            Err(e) => tracing::warn!(path = %procs.display(), error = %e, "joining the pod cgroup"),
+        }
+    }
+    joined
+}
+
+/// The mount holding a path and its propagation, as /proc/self/mountinfo tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountOf {
+    pub mount_point: PathBuf,
+    pub shared: bool,
+    pub slave: bool,
+}
+
+/// The mount that holds `path` (which must exist): the last (most recent) one whose mount
+/// point is the longest prefix of its canonical form.
+pub fn mount_of(path: &Path) -> io::Result<MountOf> {
     let path = std::fs::canonicalize(path)?;
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-    // The mount containing `path` is the last (most recent) one with the longest prefix.
-    let mut best: Option<(PathBuf, bool)> = None;
+    mount_of_in(&path, &mountinfo)
+        .ok_or_else(|| io::Error::other(format!("no mount holds {}", path.display())))
+}
+
+fn mount_of_in(path: &Path, mountinfo: &str) -> Option<MountOf> {
+    let mut best: Option<MountOf> = None;
     for line in mountinfo.lines() {
         let Some((pre, _)) = line.split_once(" - ") else {
             continue;
         };
         let fields: Vec<&str> = pre.split(' ').collect();
-        let Some(mp) = fields.get(4).map(PathBuf::from) else {
+        let Some(mp) = fields.get(4).map(|m| PathBuf::from(unescape(m))) else {
             continue;
         };
         if path.starts_with(&mp)
             && best
                 .as_ref()
-                .is_none_or(|(b, _)| mp.as_os_str().len() >= b.as_os_str().len())
+                .is_none_or(|b| mp.as_os_str().len() >= b.mount_point.as_os_str().len())
         {
-            let shared = fields.iter().skip(6).any(|f| f.starts_with("shared:"));
-            best = Some((mp, shared));
+            let optional = fields.iter().skip(6);
+            best = Some(MountOf {
+                shared: optional.clone().any(|f| f.starts_with("shared:")),
+                slave: optional.clone().any(|f| f.starts_with("master:")),
+                mount_point: mp,
+            });
         }
     }
-    let (mount_point, shared) =
-        best.ok_or_else(|| io::Error::other("no mount contains the path"))?;
-    if shared {
-        return Ok(false);
+    best
+}
+
+/// Mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && (b'0'..=b'3').contains(&b[i + 1])
+            && b[i + 2..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
     }
-    let created = mount_point != path;
-    if created {
-        mount(
-            Some(&path),
-            &path,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
-        )?;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+27 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+40 27 0:50 / /var/lib/kubelet rw,relatime master:7 - ext4 /dev/vdb rw
+41 27 0:51 / /data\\040dir rw,relatime - tmpfs tmpfs rw
+42 27 0:52 / /var rw,relatime - tmpfs tmpfs rw
+";
+
+    #[test]
+    fn mount_of_finds_the_longest_prefix_and_its_propagation() {
+        let m = |p: &str| mount_of_in(Path::new(p), MOUNTINFO).unwrap();
+        assert_eq!(
+            m("/usr/bin"),
+            MountOf {
+                mount_point: "/".into(),
+                shared: true,
+                slave: false
+            }
+        );
+        let k = m("/var/lib/kubelet/pods/x");
+        assert_eq!((k.shared, k.slave), (false, true));
+        assert_eq!(m("/var/lib/other").mount_point, Path::new("/var"));
+        // Component-wise: /data dir2 is not under "/data dir".
+        assert_eq!(m("/data dir/x").mount_point, Path::new("/data dir"));
+        assert_eq!(m("/data dir2").mount_point, Path::new("/"));
     }
-    mount(
-        None::<&str>,
-        &path,
-        None::<&str>,
-        MsFlags::MS_SHARED | MsFlags::MS_REC,
-        None::<&str>,
-    )?;
-    Ok(created)
 }

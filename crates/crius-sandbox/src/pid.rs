@@ -121,6 +121,11 @@ pub fn stop_pod_init(init: &PodInit, grace: Duration) -> Result<(), SandboxError
         if !alive(init) {
             return Ok(());
         }
+        if signal == Signal::SIGTERM {
+            // crius-init runs unprivileged and can only forward the signal to processes of
+            // its own uid: criusd delivers it to the rest of the namespace itself.
+            signal_namespace(init, signal);
+        }
         match kill(pid, signal) {
             Ok(()) | Err(Errno::ESRCH) => {}
             Err(e) => {
@@ -138,6 +143,27 @@ pub fn stop_pod_init(init: &PodInit, grace: Duration) -> Result<(), SandboxError
         pod_id: init.pod_id.clone(),
         pid: init.pid,
     })
+}
+
+/// Sends `signal` to every process in init's PID namespace but init itself.
+fn signal_namespace(init: &PodInit, signal: Signal) {
+    use std::os::unix::fs::MetadataExt;
+    let ns = |pid: &str| std::fs::metadata(format!("/proc/{pid}/ns/pid")).map(|m| m.ino());
+    let Ok(own) = ns(&init.pid.to_string()) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for pid in entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid != init.pid)
+    {
+        if ns(&pid.to_string()).is_ok_and(|ino| ino == own) {
+            let _ = kill(Pid::from_raw(pid), signal);
+        }
+    }
 }
 
 /// Alive = same process (start time) and not a zombie. A zombie that is our child (we are its

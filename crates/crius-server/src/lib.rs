@@ -23,7 +23,7 @@ pub use context::{Context, VersionInfo};
 
 /// Largest message accepted or sent: ListContainers on a busy node can be large (kubelet's
 /// own limit is 16 MiB).
-const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 
 /// Serves every service on `listener` until `shutdown` resolves, then stops accepting and
 /// lets in-flight RPCs finish (the caller bounds how long that may take).

@@ -7,12 +7,15 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crius_error::{ErrorKind, HasKind};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+pub use socket::bind_private_socket;
+
+mod socket;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -119,6 +122,15 @@ pub fn create_dir_all(path: &Path, mode: u32) -> Result<(), StateError> {
         .mode(mode)
         .create(path)
         .map_err(io_err("creating directory", path))
+}
+
+/// Like [`create_dir_all`], and the leaf ends with exactly `mode` even when it existed (a
+/// directory left by an older version, or one the umask narrowed or widened). Used for the
+/// directories on the way to a container's files, which no host user but root may enter.
+pub fn create_dir_with_mode(path: &Path, mode: u32) -> Result<(), StateError> {
+    create_dir_all(path, mode)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(io_err("setting the mode of", path))
 }
 
 /// An exclusive lock on a daemon root, held for the life of the process.

@@ -1,6 +1,11 @@
 //! crius-portmap: chained after crius-bridge; DNATs `runtimeConfig.portMappings` host ports to
 //! the pod IP with nftables (table `inet crius-portmap`). Every rule carries a comment naming
 //! the attachment, DEL deletes exactly those, and an empty table is removed.
+//!
+//! hostPort on 127.0.0.1 needs `route_localnet` on the host side of the pod network, which
+//! would also let a pod send to the host's loopback services (CVE-2020-8558). So every
+//! attachment that enables it also adds kube-proxy's guard: packets to 127.0.0.0/8 that did
+//! not come from `lo` and belong to no DNATed connection are dropped on input.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -120,7 +125,24 @@ const CHAINS: &[NatChain] = &[
         hook: Hook::Postrouting,
         priority: nft::PRIO_SRCNAT,
     },
+    NatChain {
+        name: "input",
+        hook: Hook::Input,
+        priority: 0, // priority filter
+    },
 ];
+
+/// kube-proxy's localnet guard: replies of hostPort-on-127.0.0.1 connections carry the DNAT
+/// status; anything else arriving from outside `lo` for a loopback address is a pod (or a
+/// neighbour) reaching for the host's loopback services.
+fn localnet_guard(tag: &str) -> Rule {
+    Rule::new("input")
+        .iifname_ne("lo")
+        .daddr("127.0.0.0/8".parse().expect("static"))
+        .ct_status_not_dnat()
+        .drop_packet()
+        .comment(tag)
+}
 
 fn rules(maps: &[PortMapping], ips: &[IpNet], tag: &str) -> Vec<Rule> {
     let mut out = Vec::new();
@@ -159,17 +181,26 @@ fn rules(maps: &[PortMapping], ips: &[IpNet], tag: &str) -> Vec<Rule> {
             }
         }
     }
+    if !maps.is_empty() && ips.iter().any(|ip| ip.addr.is_ipv4()) {
+        out.push(localnet_guard(tag));
+    }
     out
 }
 
-/// route_localnet on the host interfaces of the attachment so DNAT of 127.0.0.1 is routable.
-fn enable_localnet(prev: &CniResult) -> Result<()> {
+/// route_localnet on the host interfaces of the attachment so DNAT of 127.0.0.1 is routable
+/// (`on`), or back off once no port mapping is left (the guard rules went with the table).
+fn set_localnet(prev: &CniResult, on: bool) -> Result<()> {
     for itf in prev.interfaces.iter().filter(|i| i.sandbox.is_empty()) {
         if Path::new("/proc/sys/net/ipv4/conf")
             .join(&itf.name)
             .is_dir()
         {
-            sysctl::set_if("ipv4", &itf.name, "route_localnet", "1")?;
+            sysctl::set_if(
+                "ipv4",
+                &itf.name,
+                "route_localnet",
+                if on { "1" } else { "0" },
+            )?;
         }
     }
     Ok(())
@@ -191,14 +222,15 @@ impl Plugin for Portmap {
                 ));
             }
             let mut nf = Nft::open()?;
-            enable_localnet(&prev)?;
             let _lock = nft::lock()?;
-            // A retried ADD replaces its own rules rather than duplicating them.
+            // A retried ADD replaces its own rules rather than duplicating them. The guard is
+            // in place before route_localnet opens the door it guards.
             let table = NatTable {
                 name: TABLE,
                 chains: CHAINS,
             };
             nf.replace_tagged(&table, &tag, &rules(&maps, &ips, &tag))?;
+            set_localnet(&prev, true)?;
         }
         Ok(prev.to_json(&args.cni_version))
     }
@@ -210,7 +242,21 @@ impl Plugin for Portmap {
             return Ok(());
         };
         let _lock = nft::lock()?;
-        nf.delete_tagged(TABLE, &tag).map(drop)
+        if nf.delete_tagged(TABLE, &tag)? == 0 {
+            return Ok(());
+        }
+        // The last mapping (and guard) of this network is gone: close route_localnet again
+        // where this attachment opened it, so no unguarded door is left behind.
+        let network = format!("/{}", args.network_name()?);
+        let same_network = nf
+            .list_rules(TABLE)?
+            .unwrap_or_default()
+            .iter()
+            .any(|r| r.comment.as_deref().is_some_and(|c| c.ends_with(&network)));
+        if !same_network && let Ok(prev) = prev_result(args) {
+            set_localnet(&prev, false)?;
+        }
+        Ok(())
     }
 
     fn check(&self, args: &CmdArgs) -> Result<()> {
@@ -258,7 +304,8 @@ mod tests {
             "add table inet {table}\n\
              add chain inet {table} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}\n\
              add chain inet {table} output {{ type nat hook output priority -100; policy accept; }}\n\
-             add chain inet {table} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}\n"
+             add chain inet {table} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}\n\
+             add chain inet {table} input {{ type filter hook input priority filter; policy accept; }}\n"
         );
         for m in maps {
             for ip in ips {
@@ -297,6 +344,11 @@ mod tests {
                     ));
                 }
             }
+        }
+        if !maps.is_empty() && ips.iter().any(|ip| ip.addr.is_ipv4()) {
+            s.push_str(&format!(
+                "add rule inet {table} input iifname != \"lo\" ip daddr 127.0.0.0/8 ct status & dnat == 0 drop comment \"{tag}\"\n"
+            ));
         }
         s
     }

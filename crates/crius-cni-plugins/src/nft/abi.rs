@@ -98,4 +98,13 @@ pub(super) mod k {
     pub const NFTA_NAT_FLAGS: u16 = 7;
     pub const NFT_NAT_DNAT: u32 = 1;
     pub const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 2;
+
+    // A filter chain on the input hook and its `iifname != "lo" … drop` rule.
+    pub const NF_INET_LOCAL_IN: u32 = 1;
+    pub const NFT_META_IIFNAME: u32 = 6;
+    pub const IFNAMSIZ: usize = 16;
+    pub const NFT_REG_VERDICT: u32 = 0;
+    pub const NFTA_DATA_VERDICT: u16 = 2;
+    pub const NFTA_VERDICT_CODE: u16 = 1;
+    pub const NF_DROP: u32 = 0;
 }

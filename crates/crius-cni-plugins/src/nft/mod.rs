@@ -159,7 +159,7 @@ impl Batch {
                 m.u32(k::NFTA_HOOK_PRIORITY, c.priority as u32);
                 m.nest_end(h);
                 m.u32(k::NFTA_CHAIN_POLICY, k::NF_ACCEPT);
-                m.str(k::NFTA_CHAIN_TYPE, "nat");
+                m.str(k::NFTA_CHAIN_TYPE, c.hook.chain_type());
             },
         );
     }

@@ -9,12 +9,14 @@ use super::wire::Msgs;
 use crate::error::{CniError, Result};
 use crate::types::IpNet;
 
-/// The hooks of crius's NAT base chains.
+/// The hooks of crius's base chains: NAT chains, and one filter chain on input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
     Prerouting,
     Output,
     Postrouting,
+    /// A `type filter` chain (input has no NAT chains here).
+    Input,
 }
 
 impl Hook {
@@ -23,6 +25,15 @@ impl Hook {
             Hook::Prerouting => k::NF_INET_PRE_ROUTING,
             Hook::Output => k::NF_INET_LOCAL_OUT,
             Hook::Postrouting => k::NF_INET_POST_ROUTING,
+            Hook::Input => k::NF_INET_LOCAL_IN,
+        }
+    }
+
+    /// The chain type a base chain on this hook gets.
+    pub(super) fn chain_type(self) -> &'static str {
+        match self {
+            Hook::Input => "filter",
+            _ => "nat",
         }
     }
 }
@@ -32,7 +43,8 @@ pub const PRIO_DSTNAT: i32 = -100;
 /// `priority srcnat`
 pub const PRIO_SRCNAT: i32 = 100;
 
-/// A base chain `{ type nat hook <hook> priority <priority>; policy accept; }`.
+/// A base chain `{ type nat hook <hook> priority <priority>; policy accept; }` (`type filter`
+/// on the input hook).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NatChain {
     pub name: &'static str,
@@ -112,8 +124,11 @@ pub(super) enum Stmt {
     FibDaddrLocal,
     Dport(L4Proto, u16),
     CtStatusDnat,
+    CtStatusNotDnat,
+    IifnameNe(String),
     Masquerade,
     Dnat(IpAddr, u16),
+    Drop,
 }
 
 /// A rule in one of the table's chains, built from the statements crius's plugins use.
@@ -188,6 +203,24 @@ impl Rule {
     /// `ct status dnat`
     pub fn ct_status_dnat(mut self) -> Self {
         self.stmts.push(Stmt::CtStatusDnat);
+        self
+    }
+
+    /// `ct status & dnat == 0`: the connection was not DNATed.
+    pub fn ct_status_not_dnat(mut self) -> Self {
+        self.stmts.push(Stmt::CtStatusNotDnat);
+        self
+    }
+
+    /// `iifname != "<name>"`
+    pub fn iifname_ne(mut self, name: &str) -> Self {
+        self.stmts.push(Stmt::IifnameNe(name.to_owned()));
+        self
+    }
+
+    /// `drop`
+    pub fn drop_packet(mut self) -> Self {
+        self.stmts.push(Stmt::Drop);
         self
     }
 
@@ -291,6 +324,25 @@ impl Rule {
                     ));
                     out.push(Expr::Cmp(Op::Neq, vec![0; 4]));
                 }
+                Stmt::CtStatusNotDnat => {
+                    out.push(Expr::Ct(k::NFT_CT_STATUS));
+                    out.push(Expr::Bitwise(
+                        k::IPS_DST_NAT.to_ne_bytes().to_vec(),
+                        vec![0; 4],
+                    ));
+                    out.push(Expr::Cmp(Op::Eq, vec![0; 4]));
+                }
+                Stmt::IifnameNe(ref name) => {
+                    if name.is_empty() || name.len() >= k::IFNAMSIZ || name.contains('\0') {
+                        return Err(bad("invalid interface name"));
+                    }
+                    // An exact match compares the NUL-padded IFNAMSIZ bytes, as nft does.
+                    let mut bytes = name.as_bytes().to_vec();
+                    bytes.resize(k::IFNAMSIZ, 0);
+                    out.push(Expr::Meta(k::NFT_META_IIFNAME));
+                    out.push(Expr::Cmp(Op::Neq, bytes));
+                }
+                Stmt::Drop => out.push(Expr::Verdict(k::NF_DROP)),
                 Stmt::Masquerade => out.push(Expr::Masq),
                 Stmt::Dnat(addr, port) => {
                     let p = NfProto::of(addr);
@@ -366,6 +418,9 @@ impl fmt::Display for Rule {
                 Stmt::FibDaddrLocal => f.write_str(" fib daddr type local")?,
                 Stmt::Dport(p, port) => write!(f, " {} dport {port}", p.as_str())?,
                 Stmt::CtStatusDnat => f.write_str(" ct status dnat")?,
+                Stmt::CtStatusNotDnat => f.write_str(" ct status & dnat == 0")?,
+                Stmt::IifnameNe(name) => write!(f, " iifname != \"{name}\"")?,
+                Stmt::Drop => f.write_str(" drop")?,
                 Stmt::Masquerade => f.write_str(" masquerade")?,
                 Stmt::Dnat(IpAddr::V4(a), port) => write!(f, " dnat ip to {a}:{port}")?,
                 Stmt::Dnat(IpAddr::V6(a), port) => write!(f, " dnat ip6 to [{a}]:{port}")?,
@@ -404,6 +459,8 @@ pub(super) enum Expr {
     Masq,
     /// nat dnat <family> addr_min reg 1 proto_min reg 2
     Dnat(NfProto),
+    /// immediate reg 0 <verdict>
+    Verdict(u32),
 }
 
 impl Expr {
@@ -415,7 +472,7 @@ impl Expr {
             Expr::Bitwise(..) => "bitwise",
             Expr::Fib(..) => "fib",
             Expr::Ct(_) => "ct",
-            Expr::Immediate(..) => "immediate",
+            Expr::Immediate(..) | Expr::Verdict(_) => "immediate",
             Expr::Masq => "masq",
             Expr::Dnat(_) => "nat",
         }
@@ -460,6 +517,14 @@ impl Expr {
             Expr::Immediate(reg, value) => {
                 m.u32(k::NFTA_IMMEDIATE_DREG, *reg);
                 m.data(k::NFTA_IMMEDIATE_DATA, value);
+            }
+            Expr::Verdict(code) => {
+                m.u32(k::NFTA_IMMEDIATE_DREG, k::NFT_REG_VERDICT);
+                let data = m.nest(k::NFTA_IMMEDIATE_DATA);
+                let verdict = m.nest(k::NFTA_DATA_VERDICT);
+                m.u32(k::NFTA_VERDICT_CODE, *code);
+                m.nest_end(verdict);
+                m.nest_end(data);
             }
             Expr::Masq => {}
             Expr::Dnat(p) => {

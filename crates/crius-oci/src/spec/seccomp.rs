@@ -143,7 +143,7 @@ fn localhost(path: &str, field: &str, caps: &Capabilities) -> Result<LinuxSeccom
             format!("seccomp profile path {path:?} is not absolute"),
         ));
     }
-    let text = std::fs::read_to_string(path)
+    let text = read_profile(Path::new(path))
         .map_err(|e| invalid(field, format!("seccomp profile {path}: {e}")))?;
     let profile: Profile = serde_json::from_str(&text)
         .map_err(|e| invalid(field, format!("seccomp profile {path}: invalid JSON: {e}")))?;
@@ -153,6 +153,38 @@ fn localhost(path: &str, field: &str, caps: &Capabilities) -> Result<LinuxSeccom
         }
         other => other,
     })
+}
+
+/// Larger than any real profile (Docker's default is ~20 KiB); the path comes from the request.
+const MAX_PROFILE_BYTES: u64 = 1024 * 1024;
+
+/// Reads a node profile: a regular file under [`MAX_PROFILE_BYTES`]. Opened non-blocking so a
+/// FIFO at the path cannot hang the RPC; a device or a FIFO is refused before any read.
+fn read_profile(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("is not a regular file"));
+    }
+    if meta.len() > MAX_PROFILE_BYTES {
+        return Err(std::io::Error::other(format!(
+            "is larger than {MAX_PROFILE_BYTES} bytes"
+        )));
+    }
+    let mut text = String::new();
+    // Bounded even if the file grows after the check.
+    file.take(MAX_PROFILE_BYTES + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_PROFILE_BYTES {
+        return Err(std::io::Error::other(format!(
+            "is larger than {MAX_PROFILE_BYTES} bytes"
+        )));
+    }
+    Ok(text)
 }
 
 fn resolve(profile: Profile, caps: &Capabilities, field: &str) -> Result<LinuxSeccomp, SpecError> {
@@ -416,5 +448,30 @@ mod tests {
         let err =
             container_seccomp(&sc_profile(ProfileType::Localhost, "rel.json"), &c).unwrap_err();
         assert!(err.to_string().contains("not absolute"), "{err}");
+    }
+
+    #[test]
+    fn localhost_profile_must_be_a_small_regular_file() {
+        let c = caps(&[Capability::Chown]);
+        let dir = tempfile::tempdir().unwrap();
+        // A FIFO would block a plain open for ever; a device or /proc file never ends.
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let big = dir.path().join("big.json");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(MAX_PROFILE_BYTES + 1).unwrap();
+        for (path, why) in [
+            (fifo.as_path(), "not a regular file"),
+            (Path::new("/dev/zero"), "not a regular file"),
+            (big.as_path(), "larger than"),
+        ] {
+            let p = path.display().to_string();
+            let err = container_seccomp(&sc_profile(ProfileType::Localhost, &p), &c).unwrap_err();
+            assert!(err.to_string().contains(why), "{p}: {err}");
+            assert_eq!(
+                crius_error::HasKind::kind(&err),
+                crius_error::ErrorKind::InvalidArgument
+            );
+        }
     }
 }

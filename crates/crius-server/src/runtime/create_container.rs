@@ -48,9 +48,9 @@ pub async fn handle(
     };
     let containers = ctx.containers.clone();
     let pod_id = req.pod_sandbox_id;
-    let sandbox = req.sandbox_config;
-    let id =
-        blocking(move || containers.create(&pod_id, config, sandbox, info, image_name)).await?;
+    // req.sandbox_config is the caller's copy and is ignored: privileged and sysctl decisions
+    // come from the pod as it was created, or a client could claim a privileged pod.
+    let id = blocking(move || containers.create(&pod_id, config, info, image_name)).await?;
     tracing::Span::current().record("container_id", id.as_str());
     Ok(CreateContainerResponse { container_id: id })
 }

@@ -316,6 +316,7 @@ impl Monitor {
             kind: JobKind::Exec {
                 process_file,
                 pid_file,
+                kill_pending_since: None,
             },
             stdout: Some(Capture::new(out_r, EXEC_OUTPUT_LIMIT).map_err(fail)?),
             stderr: Some(Capture::new(err_r, EXEC_OUTPUT_LIMIT).map_err(fail)?),
@@ -397,6 +398,7 @@ impl Monitor {
             JobKind::Exec {
                 process_file,
                 pid_file,
+                ..
             } => {
                 if job.timed_out {
                     // The runtime is gone; make sure the process it started is too.
@@ -476,21 +478,52 @@ impl Monitor {
     }
 }
 
-/// Timeout: kill the runtime command (and, for exec, the process it started).
+/// How long a kill waits for the runtime to write an exec's pid file before it kills the
+/// runtime anyway.
+const EXEC_PID_WAIT: Duration = Duration::from_secs(5);
+
+/// Timeout or cancel: kill the runtime command (and, for exec, the process it started). An
+/// exec whose process has no pid file yet is left to [`retry_kill`].
 pub fn kill_job(job: &mut Job) {
-    if let JobKind::Exec { pid_file, .. } = &job.kind {
-        kill_exec_process(pid_file);
+    if let JobKind::Exec {
+        pid_file,
+        kill_pending_since,
+        ..
+    } = &mut job.kind
+    {
+        if !kill_exec_process(pid_file) {
+            let since = *kill_pending_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < EXEC_PID_WAIT {
+                return;
+            }
+        }
+        *kill_pending_since = None;
     }
     sys::kill(job.pid, libc::SIGKILL);
 }
 
-fn kill_exec_process(pid_file: &Path) {
+/// Whether a kill of this job waits for its exec's pid file.
+pub fn kill_pending(job: &Job) -> bool {
+    matches!(
+        job.kind,
+        JobKind::Exec {
+            kill_pending_since: Some(_),
+            ..
+        }
+    )
+}
+
+/// True when the exec's process was found and signalled.
+fn kill_exec_process(pid_file: &Path) -> bool {
     if let Some(pid) = fs::read_to_string(pid_file)
         .ok()
         .and_then(|s| s.trim().parse::<i32>().ok())
+        .filter(|pid| *pid > 0)
     {
         sys::kill(pid, libc::SIGKILL);
+        return true;
     }
+    false
 }
 
 /// The console socket became readable: take the pty master the runtime sends.

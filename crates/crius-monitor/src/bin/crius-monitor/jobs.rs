@@ -65,6 +65,9 @@ pub enum JobKind {
     Exec {
         process_file: PathBuf,
         pid_file: PathBuf,
+        /// Killing was asked for before the runtime wrote the pid file: retried each wakeup
+        /// (killing the runtime then would orphan the process it is starting).
+        kill_pending_since: Option<std::time::Instant>,
     },
 }
 

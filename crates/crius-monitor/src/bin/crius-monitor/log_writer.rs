@@ -58,12 +58,22 @@ impl LogFile {
     }
 }
 
+/// The log path comes from the request: a symlink planted there is not followed, and a FIFO
+/// or device is refused (O_NONBLOCK so opening a FIFO cannot hang the monitor).
 fn open_log(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
+    let file = OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o640)
-        .open(path)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    Ok(file)
 }
 
 /// The read end of a container's stdout or stderr (or the pty master, reported as stdout).

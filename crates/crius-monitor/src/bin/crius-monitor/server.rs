@@ -172,6 +172,9 @@ impl Monitor {
     }
 
     fn poll_timeout(&self) -> libc::c_int {
+        if self.jobs.iter().any(crate::handlers::kill_pending) {
+            return 20; // waiting for an exec's pid file to kill its process
+        }
         let now = Instant::now();
         self.jobs
             .iter()
@@ -305,8 +308,10 @@ impl Monitor {
         loop {
             match c.stream.read(&mut self.buf) {
                 Ok(0) => {
-                    // Client gone (closed or killed). A job it started still completes.
+                    // Client gone (closed or killed). A job it started still completes, but
+                    // an exec nobody waits for any more is killed (ExecSync cancelled).
                     self.conns.swap_remove(i);
+                    self.cancel_execs_of(id);
                     return;
                 }
                 Ok(n) => {
@@ -320,11 +325,22 @@ impl Monitor {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => {
                     self.conns.swap_remove(i);
+                    self.cancel_execs_of(id);
                     return;
                 }
             }
         }
         self.process_lines(id);
+    }
+
+    /// Kills the exec jobs connection `id` started; each still completes as a job.
+    fn cancel_execs_of(&mut self, id: u64) {
+        for j in &mut self.jobs {
+            if j.conn == Some(id) && matches!(j.kind, crate::jobs::JobKind::Exec { .. }) {
+                j.conn = None;
+                crate::handlers::kill_job(j);
+            }
+        }
     }
 
     /// Serves buffered request lines of connection `id` until one needs a job.
@@ -393,6 +409,8 @@ impl Monitor {
         for j in &mut self.jobs {
             if !j.timed_out && j.deadline.is_some_and(|d| d <= now) {
                 j.timed_out = true;
+                crate::handlers::kill_job(j);
+            } else if crate::handlers::kill_pending(j) {
                 crate::handlers::kill_job(j);
             }
         }
