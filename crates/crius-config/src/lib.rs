@@ -106,6 +106,13 @@ pub struct ImageConfig {
     pub pinned_images: Vec<String>,
     /// The sandbox ("pause") image, if any; always pinned.
     pub sandbox_image: Option<String>,
+    /// Ceiling on the file data one layer may unpack, in bytes (a decompression bomb fails).
+    pub max_layer_unpacked_bytes: u64,
+    /// Ceiling on the tar entries of one layer.
+    pub max_layer_entries: u64,
+    /// Hosts (`host` or `host:port`) that foreign layer `urls` may be fetched from; by default
+    /// none, so an image cannot direct a request anywhere but its registry.
+    pub foreign_layer_hosts: Vec<String>,
 }
 
 /// Pod networking through CNI.
@@ -156,6 +163,12 @@ pub struct RegistryHostConfig {
     pub client_key: Option<PathBuf>,
     /// When false the registry itself is not tried after its mirrors (air-gapped nodes).
     pub fallback_to_upstream: bool,
+    /// Send the pull's credentials to the mirrors too: to HTTPS mirrors, and to plain HTTP
+    /// mirrors only when the mirror's own registry table says `insecure = true`.
+    pub mirror_credentials: bool,
+    /// Token services (hosts) besides the registry itself that may receive the credentials
+    /// when a token is fetched; HTTPS only. `auth.docker.io` is built in for docker.io.
+    pub token_realms: Vec<String>,
 }
 
 impl Default for Config {
@@ -184,6 +197,9 @@ impl Default for ImageConfig {
             pull_progress_timeout: HumanDuration(Duration::from_secs(60)),
             pinned_images: Vec::new(),
             sandbox_image: None,
+            max_layer_unpacked_bytes: 64 << 30,
+            max_layer_entries: 10_000_000,
+            foreign_layer_hosts: Vec::new(),
         }
     }
 }
@@ -268,6 +284,12 @@ impl Config {
         }
         if self.image.pull_progress_timeout.0.is_zero() {
             return invalid("image.pull_progress_timeout", "must be greater than zero");
+        }
+        if self.image.max_layer_unpacked_bytes == 0 {
+            return invalid("image.max_layer_unpacked_bytes", "must be at least 1");
+        }
+        if self.image.max_layer_entries == 0 {
+            return invalid("image.max_layer_entries", "must be at least 1");
         }
         for (name, rt) in &self.runtimes {
             if name.is_empty() || !rt.path.is_absolute() {
@@ -374,6 +396,8 @@ impl Default for RegistryHostConfig {
             client_cert: None,
             client_key: None,
             fallback_to_upstream: true,
+            mirror_credentials: false,
+            token_realms: Vec::new(),
         }
     }
 }
