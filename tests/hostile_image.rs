@@ -196,6 +196,10 @@ async fn extension_header_bombs_are_refused_with_bounded_memory() -> Result<()> 
         .await?;
         let took = started.elapsed();
         let grew = peak_rss(pid)?.saturating_sub(rss_before);
+        eprintln!(
+            "{repo}: refused in {took:?}, criusd peak RSS +{} KiB",
+            grew >> 10
+        );
         assert!(
             grew < 64 << 20,
             "{repo}: criusd peak RSS grew by {} MiB",
@@ -337,8 +341,16 @@ async fn oversized_manifests_and_configs_are_refused_unfetched() -> Result<()> {
     let layer_desc =
         serde_json::from_slice::<serde_json::Value>(&base.manifest)?["layers"][0].clone();
 
-    // 10,000 layers: overlayfs stacks at most 500.
-    let deep = base.edit_manifest(|m| {
+    // 10,000 layers, and a config listing as many diff ids (so that nothing but the layer
+    // count stops it): overlayfs stacks at most 500.
+    let mut config: serde_json::Value = serde_json::from_slice(&base.config)?;
+    config["rootfs"]["diff_ids"] = json!(vec![base.layers[0].diff_id.clone(); 10_000]);
+    let mut deep = base.clone();
+    deep.config = serde_json::to_vec(&config)?;
+    deep.config_digest = sha256(&deep.config);
+    let deep = deep.edit_manifest(|m| {
+        m["config"]["digest"] = json!(deep.config_digest);
+        m["config"]["size"] = json!(deep.config.len());
         m["layers"] = json!(vec![layer_desc.clone(); 10_000]);
     });
     env.proxy.reset_counts();
