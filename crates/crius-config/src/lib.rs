@@ -419,6 +419,39 @@ mod tests {
     }
 
     #[test]
+    fn image_bounds_and_credential_scopes() {
+        let c = parse("").unwrap();
+        assert_eq!(c.image.max_layer_unpacked_bytes, 64 << 30);
+        assert_eq!(c.image.max_layer_entries, 10_000_000);
+        assert!(c.image.foreign_layer_hosts.is_empty());
+        let c = parse(
+            r#"
+            [image]
+            max_layer_unpacked_bytes = 1000
+            max_layer_entries = 7
+            foreign_layer_hosts = ["layers.example:443"]
+            [registries."docker.io"]
+            mirror_credentials = true
+            token_realms = ["auth.example"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.image.max_layer_unpacked_bytes, 1000);
+        assert_eq!(c.image.max_layer_entries, 7);
+        assert_eq!(c.image.foreign_layer_hosts, vec!["layers.example:443"]);
+        let r = &c.registries["docker.io"];
+        assert!(r.mirror_credentials);
+        assert_eq!(r.token_realms, vec!["auth.example"]);
+        assert!(!parse("").unwrap().registries.contains_key("docker.io"));
+        for key in ["max_layer_unpacked_bytes", "max_layer_entries"] {
+            let err = parse(&format!("[image]\n{key} = 0"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("image.{key}")), "{err}");
+        }
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let err = parse("roots = \"/x\"").unwrap_err().to_string();
         assert!(err.contains("roots"), "{err}");
