@@ -153,13 +153,16 @@ async fn run(config: Config) -> Result<()> {
         move || ImageStore::open(&root, StoreOptions { pinned })
     })
     .await??;
-    let client = crius_registry::Client::new(&config.registries)?;
+    let client = crius_registry::Client::new(&config.registries)?
+        .with_foreign_layer_hosts(&config.image.foreign_layer_hosts)?;
     let puller = Puller::new(
         store.clone(),
         client,
         PullOptions {
             max_concurrent_downloads: config.image.max_concurrent_downloads,
             progress_timeout: config.image.pull_progress_timeout.0,
+            max_layer_bytes: config.image.max_layer_unpacked_bytes,
+            max_layer_entries: config.image.max_layer_entries,
         },
     );
 

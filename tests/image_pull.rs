@@ -344,7 +344,8 @@ async fn tls_registry_with_basic_auth() -> Result<()> {
     let registry = crius_testkit::Registry::start_tls_basic_auth("alice", "s3cret")?;
     let img = image::busybox_image();
     push_image(&registry, "team/app", "v1", &img).await?;
-    let config = registry.mirror_toml("registry.example.test");
+    // The mirror stands in for the registry the credentials are for (issue 10 item 5).
+    let config = registry.mirror_toml("registry.example.test") + "mirror_credentials = true\n";
     let daemon =
         crius_testkit::Daemon::start(crius_testkit::DaemonOptions::new(CRIUSD).config(config))
             .await?;
@@ -408,7 +409,8 @@ async fn a_pull_with_other_credentials_does_not_join_a_running_pull() -> Result<
     let registry = crius_testkit::Registry::start_tls_basic_auth("alice", "s3cret")?;
     let img = image::large_image(24);
     push_image(&registry, "team/big", "v1", &img).await?;
-    let config = registry.mirror_toml("registry.example.test");
+    // The mirror stands in for the registry the credentials are for (issue 10 item 5).
+    let config = registry.mirror_toml("registry.example.test") + "mirror_credentials = true\n";
     let daemon =
         crius_testkit::Daemon::start(crius_testkit::DaemonOptions::new(CRIUSD).config(config))
             .await?;

@@ -195,11 +195,13 @@ async fn crictl_version_info_and_images() -> Result<()> {
 async fn crictl_pull_with_credentials() -> Result<()> {
     let registry = Registry::start_tls_basic_auth("crius", "s3cret")?;
     push_image(&registry, "private/busybox", "v1", &image::busybox_image()).await?;
-    // The registry serves a private name through a TLS mirror, as a real private registry.
-    let daemon = Daemon::start(
-        DaemonOptions::new(CRIUSD).config(registry.mirror_toml("registry.example.test")),
-    )
-    .await?;
+    // The registry serves a private name through a TLS mirror that is trusted with the
+    // credentials, as a real private registry.
+    let config = format!(
+        "{}mirror_credentials = true\n",
+        registry.mirror_toml("registry.example.test")
+    );
+    let daemon = Daemon::start(DaemonOptions::new(CRIUSD).config(config)).await?;
     let crictl = Crictl::new(&daemon)?;
     let reference = "registry.example.test/private/busybox:v1";
 

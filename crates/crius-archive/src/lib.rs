@@ -7,7 +7,8 @@
 //! /// Wraps `reader` in the right decompressor, chosen by magic bytes (as containerd does;
 //! /// the media type is only a hint).
 //! pub fn decompress<R: Read + Send + 'static>(reader: R) -> std::io::Result<(Compression, Box<dyn Read + Send>)>;
-//! pub struct UnpackOptions { pub same_owner: bool }   // lchown entries (true when root)
+//! pub struct UnpackOptions { pub same_owner: bool, pub max_bytes: u64, pub max_entries: u64,
+//!                            pub cancel: Option<Arc<AtomicBool>> }   // UnpackOptions::new(same_owner)
 //! pub struct UnpackStats { pub bytes: u64, pub inodes: u64 }
 //! /// Unpacks an uncompressed tar stream into `dest`, an existing empty directory, turning OCI
 //! /// whiteouts into overlayfs whiteouts. Reads `reader` to EOF (so a hashing reader around it
@@ -22,10 +23,13 @@
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use crius_error::{ErrorKind, HasKind};
 
 mod path;
+mod reader;
 mod remove;
 mod sys;
 mod unpack;
@@ -78,11 +82,36 @@ pub fn decompress<R: Read + Send + 'static>(
     Ok((compression, out))
 }
 
+/// Default ceiling on the bytes of file data one layer may unpack.
+pub const DEFAULT_MAX_BYTES: u64 = 64 << 30;
+/// Default ceiling on the tar entries of one layer.
+pub const DEFAULT_MAX_ENTRIES: u64 = 10_000_000;
+/// Largest PAX, GNU long-name or long-link header accepted (Go's archive/tar limit).
+pub const MAX_HEADER_FIELD: u64 = reader::MAX_SPECIAL;
+
 /// How to unpack a layer.
 #[derive(Debug, Clone)]
 pub struct UnpackOptions {
     /// lchown every entry to the uid/gid recorded in the tar (true when running as root).
     pub same_owner: bool,
+    /// Ceiling on the file data written (the holes of sparse files are not written).
+    pub max_bytes: u64,
+    /// Ceiling on the tar entries read (extension headers not counted).
+    pub max_entries: u64,
+    /// Set by the caller to stop the unpack (the pull was cancelled or stalled).
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+impl UnpackOptions {
+    /// The default ceilings, no cancellation.
+    pub fn new(same_owner: bool) -> Self {
+        UnpackOptions {
+            same_owner,
+            max_bytes: DEFAULT_MAX_BYTES,
+            max_entries: DEFAULT_MAX_ENTRIES,
+            cancel: None,
+        }
+    }
 }
 
 /// What an unpack produced.
@@ -129,6 +158,20 @@ pub enum ArchiveError {
         #[source]
         source: io::Error,
     },
+    /// A PAX or GNU long-name/long-link header larger than [`MAX_HEADER_FIELD`]: refused
+    /// before it is read.
+    #[error("header field too long: {what} of {size} bytes (limit {limit})")]
+    HeaderTooLong {
+        what: &'static str,
+        size: u64,
+        limit: u64,
+    },
+    /// The layer goes past a configured ceiling.
+    #[error("layer exceeds the limit of {limit} {what}")]
+    Limit { what: &'static str, limit: u64 },
+    /// The caller cancelled the unpack.
+    #[error("unpacking cancelled")]
+    Cancelled,
     /// The destination directory itself could not be opened.
     #[error("opening layer directory {}: {source}", .path.display())]
     Dest {
@@ -148,7 +191,11 @@ fn at_entry(entry: &Option<String>) -> String {
 impl HasKind for ArchiveError {
     fn kind(&self) -> ErrorKind {
         match self {
-            ArchiveError::UnsafeEntry { .. } => ErrorKind::InvalidArgument,
+            ArchiveError::UnsafeEntry { .. } | ArchiveError::HeaderTooLong { .. } => {
+                ErrorKind::InvalidArgument
+            }
+            ArchiveError::Limit { .. } => ErrorKind::ResourceExhausted,
+            ArchiveError::Cancelled => ErrorKind::Aborted,
             ArchiveError::Read { source, .. } => match source.kind() {
                 // The tar crate and the zstd decoder report corruption as `Other`; flate2 uses
                 // InvalidInput/InvalidData; a truncated stream is UnexpectedEof.

@@ -14,10 +14,12 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 
-use tar::EntryType;
+use tar::{EntryType, PaxExtensions};
 
 use crate::path::{normalize, split};
+use crate::reader::{TarEntry, TarReader};
 use crate::remove::remove_tree_at;
 use crate::{ArchiveError, UnpackOptions, UnpackStats, sys};
 
@@ -48,19 +50,18 @@ pub(crate) fn unpack<R: Read>(
             source,
         })?;
     let mut unpacker = Unpacker::new(OwnedFd::from(root), opts);
-    let mut archive = tar::Archive::new(BufReader::with_capacity(READ_BUF, reader));
-    {
-        let entries = archive.entries().map_err(|source| ArchiveError::Read {
-            entry: None,
-            source,
-        })?;
-        for entry in entries {
-            let mut entry = entry.map_err(|source| ArchiveError::Read {
-                entry: None,
-                source,
-            })?;
-            unpacker.entry(&mut entry)?;
+    let mut archive = TarReader::new(BufReader::with_capacity(READ_BUF, reader));
+    let mut entries = 0u64;
+    while let Some(entry) = archive.next_entry()? {
+        unpacker.check_cancel()?;
+        entries += 1;
+        if entries > opts.max_entries {
+            return Err(ArchiveError::Limit {
+                what: "entries",
+                limit: opts.max_entries,
+            });
         }
+        unpacker.entry(&entry, &mut archive)?;
     }
     unpacker.finish()?;
     // The tar end marker may be followed by padding up to the record size; a digest computed
@@ -110,6 +111,8 @@ struct Unpacker<'o> {
     xattrs: Vec<(CString, Vec<u8>)>,
     buf: Vec<u8>,
     stats: UnpackStats,
+    /// File data written so far, against `opts.max_bytes`.
+    written: u64,
 }
 
 fn lossy(bytes: &[u8]) -> String {
@@ -199,28 +202,37 @@ impl<'o> Unpacker<'o> {
             xattrs: Vec::new(),
             buf: vec![0; COPY_BUF],
             stats: UnpackStats::default(),
+            written: 0,
         }
     }
 
-    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), ArchiveError> {
+    fn check_cancel(&self) -> Result<(), ArchiveError> {
+        match &self.opts.cancel {
+            Some(c) if c.load(Ordering::Relaxed) => Err(ArchiveError::Cancelled),
+            _ => Ok(()),
+        }
+    }
+
+    fn entry<R: Read>(
+        &mut self,
+        entry: &TarEntry,
+        data: &mut TarReader<R>,
+    ) -> Result<(), ArchiveError> {
         self.raw.clear();
-        self.raw.extend_from_slice(&entry.path_bytes());
+        self.raw.extend_from_slice(&entry.path);
         let mut name = std::mem::take(&mut self.name);
-        let res = self.entry_inner(entry, &mut name);
+        let res = self.entry_inner(entry, data, &mut name);
         self.name = name;
         res
     }
 
     fn entry_inner<R: Read>(
         &mut self,
-        entry: &mut tar::Entry<'_, R>,
+        entry: &TarEntry,
+        data: &mut TarReader<R>,
         name: &mut Vec<u8>,
     ) -> Result<(), ArchiveError> {
-        let mut kind = entry.header().entry_type();
-        if kind == EntryType::XGlobalHeader {
-            // Global PAX headers hold archive-wide defaults nobody relies on for layers.
-            return Ok(());
-        }
+        let mut kind = entry.kind();
         normalize(&self.raw, name).map_err(|reason| unsafe_entry(&self.raw, reason))?;
         if kind == EntryType::Regular && self.raw.ends_with(b"/") {
             // Pre-POSIX tars mark directories with a trailing slash only.
@@ -243,7 +255,7 @@ impl<'o> Unpacker<'o> {
         }
         match kind {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                self.file(entry, parent, base, &meta, kind == EntryType::GNUSparse)
+                self.file(entry, data, parent, base, &meta)
             }
             EntryType::Directory => self.dir(name, parent, base, &meta),
             EntryType::Symlink => self.symlink(entry, parent, base, &meta),
@@ -262,8 +274,8 @@ impl<'o> Unpacker<'o> {
         }
     }
 
-    fn meta<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<Meta, ArchiveError> {
-        let header = entry.header();
+    fn meta(&mut self, entry: &TarEntry) -> Result<Meta, ArchiveError> {
+        let header = &entry.header;
         let old = header.as_old();
         let fields = (|| -> io::Result<(u32, u64, u64, u64)> {
             Ok((
@@ -279,9 +291,8 @@ impl<'o> Unpacker<'o> {
             tv_nsec: 0,
         };
         self.xattrs.clear();
-        let exts = entry.pax_extensions().map_err(|e| read_err(&self.raw, e))?;
-        if let Some(exts) = exts {
-            for ext in exts {
+        if let Some(pax) = &entry.pax {
+            for ext in PaxExtensions::new(pax) {
                 let ext = ext.map_err(|e| read_err(&self.raw, e))?;
                 let key = ext.key_bytes();
                 if let Some(xattr) = key.strip_prefix(b"SCHILY.xattr.") {
@@ -432,11 +443,11 @@ impl<'o> Unpacker<'o> {
 
     fn file<R: Read>(
         &mut self,
-        entry: &mut tar::Entry<'_, R>,
+        entry: &TarEntry,
+        data: &mut TarReader<R>,
         parent: &[u8],
         base: &[u8],
         meta: &Meta,
-        sparse: bool,
     ) -> Result<(), ArchiveError> {
         let dir = self.parent(parent)?;
         let name = cstring(base);
@@ -446,59 +457,64 @@ impl<'o> Unpacker<'o> {
         })?;
         self.stats.inodes += 1;
         let mut file = File::from(fd);
-        let declared = entry.size();
-        let written = self.copy(entry, &mut file, sparse)?;
-        if written != declared {
-            // The tar crate reports a short stream as a short entry, not an error.
-            return Err(read_err(
-                &self.raw,
-                io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "layer stream ends inside the file",
-                ),
-            ));
+        match &entry.sparse {
+            None => self.copy(data, &mut file, entry.size)?,
+            Some(map) => {
+                // Holes are seeked over, never written or scanned: a map of huge holes costs
+                // nothing but the final size.
+                for (off, len) in map {
+                    file.seek(SeekFrom::Start(*off))
+                        .map_err(|e| io_err(&self.raw, "write file", e))?;
+                    self.copy(data, &mut file, *len)?;
+                }
+                file.set_len(entry.size)
+                    .map_err(|e| io_err(&self.raw, "write file", e))?;
+            }
         }
-        self.stats.bytes += written;
+        self.stats.bytes += entry.size;
         self.chown_fd(file.as_fd(), meta)?;
         sys::fchmod(file.as_fd(), meta.mode).map_err(|e| io_err(&self.raw, "chmod", e))?;
         self.xattrs_fd(file.as_fd())?;
         sys::futimens(file.as_fd(), &meta.mtime).map_err(|e| io_err(&self.raw, "set times", e))
     }
 
-    fn copy(
+    /// Copies `len` bytes of entry data into `file`, counting them against the layer's ceiling.
+    fn copy<R: Read>(
         &mut self,
-        src: &mut impl Read,
+        src: &mut TarReader<R>,
         file: &mut File,
-        sparse: bool,
-    ) -> Result<u64, ArchiveError> {
-        let mut total = 0u64;
-        let mut ends_in_hole = false;
-        loop {
-            let n = match src.read(&mut self.buf) {
-                Ok(0) => break,
+        len: u64,
+    ) -> Result<(), ArchiveError> {
+        let mut left = len;
+        while left > 0 {
+            self.check_cancel()?;
+            let want = self.buf.len().min(left.min(usize::MAX as u64) as usize);
+            let n = match src.read_data(&mut self.buf[..want]) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(read_err(&self.raw, e)),
             };
-            let chunk = &self.buf[..n];
-            // The tar crate expands GNU sparse holes into zeros; seek over them instead so the
-            // file stays sparse on disk.
-            if sparse && chunk.iter().all(|b| *b == 0) {
-                file.seek(SeekFrom::Current(n as i64))
-                    .map_err(|e| io_err(&self.raw, "write file", e))?;
-                ends_in_hole = true;
-            } else {
-                file.write_all(chunk)
-                    .map_err(|e| io_err(&self.raw, "write file", e))?;
-                ends_in_hole = false;
+            if n == 0 {
+                return Err(read_err(
+                    &self.raw,
+                    io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "layer stream ends inside the file",
+                    ),
+                ));
             }
-            total += n as u64;
-        }
-        if ends_in_hole {
-            file.set_len(total)
+            self.written += n as u64;
+            if self.written > self.opts.max_bytes {
+                return Err(ArchiveError::Limit {
+                    what: "bytes of file data",
+                    limit: self.opts.max_bytes,
+                });
+            }
+            file.write_all(&self.buf[..n])
                 .map_err(|e| io_err(&self.raw, "write file", e))?;
+            left -= n as u64;
         }
-        Ok(total)
+        Ok(())
     }
 
     fn dir(
@@ -538,17 +554,17 @@ impl<'o> Unpacker<'o> {
         Ok(())
     }
 
-    fn symlink<R: Read>(
+    fn symlink(
         &mut self,
-        entry: &mut tar::Entry<'_, R>,
+        entry: &TarEntry,
         parent: &[u8],
         base: &[u8],
         meta: &Meta,
     ) -> Result<(), ArchiveError> {
         // Any target text is fine: it is only resolved inside the container, and nothing here
         // ever follows it.
-        let target = match entry.link_name_bytes() {
-            Some(t) if !t.is_empty() => CString::new(t.into_owned())
+        let target = match &entry.link {
+            Some(t) if !t.is_empty() => CString::new(t.clone())
                 .map_err(|_| unsafe_entry(&self.raw, "symlink target contains a NUL byte"))?,
             _ => return Err(unsafe_entry(&self.raw, "symlink has no target")),
         };
@@ -561,15 +577,15 @@ impl<'o> Unpacker<'o> {
         self.finish_node(dir.as_fd(), &name, meta, false)
     }
 
-    fn hardlink<R: Read>(
+    fn hardlink(
         &mut self,
-        entry: &mut tar::Entry<'_, R>,
+        entry: &TarEntry,
         name: &[u8],
         parent: &[u8],
         base: &[u8],
     ) -> Result<(), ArchiveError> {
-        let raw_target = match entry.link_name_bytes() {
-            Some(t) => t.into_owned(),
+        let raw_target = match &entry.link {
+            Some(t) => t.clone(),
             None => return Err(unsafe_entry(&self.raw, "hard link has no target")),
         };
         let shown = lossy(&raw_target);
@@ -626,15 +642,15 @@ impl<'o> Unpacker<'o> {
         Ok(())
     }
 
-    fn special<R: Read>(
+    fn special(
         &mut self,
-        entry: &mut tar::Entry<'_, R>,
+        entry: &TarEntry,
         kind: EntryType,
         parent: &[u8],
         base: &[u8],
         meta: &Meta,
     ) -> Result<(), ArchiveError> {
-        let header = entry.header();
+        let header = &entry.header;
         // FIFOs carry no device number, and writers often leave those fields blank.
         let devnum = if matches!(kind, EntryType::Char | EntryType::Block) {
             (|| -> io::Result<libc::dev_t> {

@@ -126,6 +126,13 @@ pub struct ImageConfig {
     pub pinned_images: Vec<String>,
     /// The sandbox ("pause") image, if any; always pinned.
     pub sandbox_image: Option<String>,
+    /// Ceiling on the file data one layer may unpack, in bytes (a decompression bomb fails).
+    pub max_layer_unpacked_bytes: u64,
+    /// Ceiling on the tar entries of one layer.
+    pub max_layer_entries: u64,
+    /// Hosts (`host` or `host:port`) that foreign layer `urls` may be fetched from; by default
+    /// none, so an image cannot direct a request anywhere but its registry.
+    pub foreign_layer_hosts: Vec<String>,
 }
 
 /// Pod networking through CNI.
@@ -176,6 +183,12 @@ pub struct RegistryHostConfig {
     pub client_key: Option<PathBuf>,
     /// When false the registry itself is not tried after its mirrors (air-gapped nodes).
     pub fallback_to_upstream: bool,
+    /// Send the pull's credentials to the mirrors too: to HTTPS mirrors, and to plain HTTP
+    /// mirrors only when the mirror's own registry table says `insecure = true`.
+    pub mirror_credentials: bool,
+    /// Token services (hosts) besides the registry itself that may receive the credentials
+    /// when a token is fetched; HTTPS only. `auth.docker.io` is built in for docker.io.
+    pub token_realms: Vec<String>,
 }
 
 impl Default for Config {
@@ -205,6 +218,9 @@ impl Default for ImageConfig {
             pull_progress_timeout: HumanDuration(Duration::from_secs(60)),
             pinned_images: Vec::new(),
             sandbox_image: None,
+            max_layer_unpacked_bytes: 64 << 30,
+            max_layer_entries: 10_000_000,
+            foreign_layer_hosts: Vec::new(),
         }
     }
 }
@@ -308,6 +324,12 @@ impl Config {
         }
         if self.image.pull_progress_timeout.0.is_zero() {
             return invalid("image.pull_progress_timeout", "must be greater than zero");
+        }
+        if self.image.max_layer_unpacked_bytes == 0 {
+            return invalid("image.max_layer_unpacked_bytes", "must be at least 1");
+        }
+        if self.image.max_layer_entries == 0 {
+            return invalid("image.max_layer_entries", "must be at least 1");
         }
         for (name, rt) in &self.runtimes {
             if name.is_empty() || !rt.path.is_absolute() {
@@ -414,6 +436,8 @@ impl Default for RegistryHostConfig {
             client_cert: None,
             client_key: None,
             fallback_to_upstream: true,
+            mirror_credentials: false,
+            token_realms: Vec::new(),
         }
     }
 }
@@ -432,6 +456,39 @@ mod tests {
         assert_eq!(c.root, PathBuf::from(DEFAULT_ROOT));
         assert_eq!(c.image.max_concurrent_downloads, 3);
         assert_eq!(c.image.pull_progress_timeout.0, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn image_bounds_and_credential_scopes() {
+        let c = parse("").unwrap();
+        assert_eq!(c.image.max_layer_unpacked_bytes, 64 << 30);
+        assert_eq!(c.image.max_layer_entries, 10_000_000);
+        assert!(c.image.foreign_layer_hosts.is_empty());
+        let c = parse(
+            r#"
+            [image]
+            max_layer_unpacked_bytes = 1000
+            max_layer_entries = 7
+            foreign_layer_hosts = ["layers.example:443"]
+            [registries."docker.io"]
+            mirror_credentials = true
+            token_realms = ["auth.example"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.image.max_layer_unpacked_bytes, 1000);
+        assert_eq!(c.image.max_layer_entries, 7);
+        assert_eq!(c.image.foreign_layer_hosts, vec!["layers.example:443"]);
+        let r = &c.registries["docker.io"];
+        assert!(r.mirror_credentials);
+        assert_eq!(r.token_realms, vec!["auth.example"]);
+        assert!(!parse("").unwrap().registries.contains_key("docker.io"));
+        for key in ["max_layer_unpacked_bytes", "max_layer_entries"] {
+            let err = parse(&format!("[image]\n{key} = 0"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("image.{key}")), "{err}");
+        }
     }
 
     #[test]

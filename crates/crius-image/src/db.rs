@@ -50,7 +50,8 @@ pub struct LayerRecord {
 }
 
 impl Db {
-    pub const VERSION: u32 = 1;
+    /// 2: every committed layer has a completion marker (see `ImageStore::recover`).
+    pub const VERSION: u32 = 2;
 
     pub fn referenced_layers(&self) -> BTreeSet<String> {
         self.images

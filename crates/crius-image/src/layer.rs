@@ -7,6 +7,7 @@
 use std::io::{self, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -32,6 +33,8 @@ pub(crate) struct LayerJob {
     pub diff_id: Digest,
     pub chain_id: String,
     pub idle_timeout: Duration,
+    pub max_bytes: u64,
+    pub max_entries: u64,
     /// Bytes received so far.
     pub progress: watch::Sender<u64>,
 }
@@ -59,8 +62,12 @@ pub(crate) async fn fetch_layer(job: LayerJob) -> Result<LayerRecord, ImageError
 async fn fetch_into(job: &LayerJob, tmp: PathBuf) -> Result<LayerRecord, ImageError> {
     let digest = job.desc.digest.to_string();
     let (tx, rx) = mpsc::channel::<Result<Bytes, ()>>(CHANNEL_DEPTH);
+    let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
     let opts = UnpackOptions {
-        same_owner: job.store.same_owner(),
+        max_bytes: job.max_bytes,
+        max_entries: job.max_entries,
+        cancel: Some(cancel.0.clone()),
+        ..UnpackOptions::new(job.store.same_owner())
     };
     let unpack_dir = tmp.clone();
     let unpacker = tokio::task::spawn_blocking(move || {
@@ -84,8 +91,10 @@ async fn fetch_into(job: &LayerJob, tmp: PathBuf) -> Result<LayerRecord, ImageEr
 
     let download = download(job, &tx).await;
     if download.is_err() {
-        // Tell the unpacker to stop: the stream is incomplete.
-        let _ = tx.send(Err(())).await;
+        // Tell the unpacker to stop: the stream is incomplete. Never wait for room in the
+        // channel: an unpacker that stopped reading would hold the pull for ever.
+        cancel.0.store(true, Ordering::Relaxed);
+        let _ = tx.try_send(Err(()));
     }
     drop(tx);
     let unpacked = unpacker.await.map_err(|e| join_error(&job.reference, e))?;
@@ -180,8 +189,17 @@ async fn download(
         }
         verifier.update(&chunk);
         job.progress.send_replace(received);
-        if tx.send(Ok(chunk)).await.is_err() {
-            return Ok(Downloaded::UnpackerGone);
+        // An unpacker that takes no data for the idle timeout stalls the pull like a silent
+        // registry does.
+        match tokio::time::timeout(job.idle_timeout, tx.send(Ok(chunk))).await {
+            Err(_) => {
+                return Err(stalled(format!(
+                    "unpacking layer {digest} ({received} of {} bytes received)",
+                    job.desc.size
+                )));
+            }
+            Ok(Err(_)) => return Ok(Downloaded::UnpackerGone),
+            Ok(Ok(())) => {}
         }
     }
     if received != job.desc.size {
@@ -212,6 +230,15 @@ fn join_error(reference: &str, e: tokio::task::JoinError) -> ImageError {
         reference: reference.into(),
         kind: crius_error::ErrorKind::Internal,
         message: format!("unpack task failed: {e}"),
+    }
+}
+
+/// Stops the unpacker when the pull is dropped or fails (it checks between chunks).
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 

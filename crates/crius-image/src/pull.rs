@@ -11,7 +11,7 @@ use std::time::Duration;
 use crius_error::ErrorKind;
 use crius_registry::{
     Client, Credentials, Descriptor, Digest, Manifest, Reference, Repository, host_platform,
-    parse_manifest, select_platform,
+    media_types, parse_manifest, select_platform,
 };
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
@@ -31,7 +31,32 @@ pub struct PullOptions {
     pub max_concurrent_downloads: usize,
     /// A pull fails when no byte arrives for this long.
     pub progress_timeout: Duration,
+    /// Ceiling on the file data one layer may unpack.
+    pub max_layer_bytes: u64,
+    /// Ceiling on the tar entries of one layer.
+    pub max_layer_entries: u64,
 }
+
+/// Most layers an image may have: overlayfs stacks at most 500 lower directories
+/// (OVL_MAX_STACK), so a deeper image could never run; refusing it early also bounds the work a
+/// hostile manifest can ask for.
+pub const MAX_LAYERS: usize = 500;
+
+/// Layer media types an image may use. Anything else (an artifact, an encrypted layer, a
+/// config posing as a layer) is refused rather than fed to the unpacker.
+const LAYER_MEDIA_TYPES: &[&str] = &[
+    media_types::OCI_LAYER,
+    media_types::OCI_LAYER_GZIP,
+    media_types::OCI_LAYER_ZSTD,
+    media_types::OCI_LAYER_NONDIST,
+    media_types::OCI_LAYER_NONDIST_GZIP,
+    media_types::OCI_LAYER_NONDIST_ZSTD,
+    media_types::DOCKER_LAYER_GZIP,
+    media_types::DOCKER_FOREIGN_LAYER_GZIP,
+    // Uncompressed and zstd Docker layers: not in the spec, written by some tools.
+    "application/vnd.docker.image.rootfs.diff.tar",
+    "application/vnd.docker.image.rootfs.diff.tar.zstd",
+];
 
 type SharedResult<T> = Shared<BoxFuture<'static, Result<T, Arc<ImageError>>>>;
 
@@ -211,6 +236,40 @@ impl Puller {
                 }
             }
         };
+        if layers.len() > MAX_LAYERS {
+            return Err(bad(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "manifest {manifest_digest} has {} layers, more than the {MAX_LAYERS} \
+                     overlayfs can stack",
+                    layers.len()
+                ),
+            ));
+        }
+        if ![media_types::OCI_CONFIG, media_types::DOCKER_CONFIG]
+            .contains(&config.media_type.as_str())
+        {
+            return Err(bad(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "manifest {manifest_digest}: config has media type {:?}, not an image config",
+                    config.media_type
+                ),
+            ));
+        }
+        if let Some((i, l)) = layers
+            .iter()
+            .enumerate()
+            .find(|(_, l)| !LAYER_MEDIA_TYPES.contains(&l.media_type.as_str()))
+        {
+            return Err(bad(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "manifest {manifest_digest}: layers[{i}] has media type {:?}, not an image layer",
+                    l.media_type
+                ),
+            ));
+        }
         let config_bytes = self
             .timed(
                 &name,
@@ -364,6 +423,8 @@ impl Puller {
                         diff_id: diff_id.clone(),
                         chain_id: chain_id.into(),
                         idle_timeout: self.opts.progress_timeout,
+                        max_bytes: self.opts.max_layer_bytes,
+                        max_entries: self.opts.max_layer_entries,
                         progress: tx,
                     };
                     let this = self.clone();

@@ -13,6 +13,11 @@ use tracing::{info, warn};
 use crate::db::{Db, ImageRecord, LayerRecord};
 use crate::error::ImageError;
 
+/// Holds one empty file per layer directory (`images/complete/<dir>`), written once the
+/// layer's content is durable; a layer without it is discarded at start. Kept out of `l/` so
+/// that everything there is a layer directory.
+const MARKER_DIR: &str = "complete";
+
 #[derive(Debug, Clone, Default)]
 pub struct StoreOptions {
     /// References reported as pinned (normalised on open).
@@ -97,7 +102,13 @@ impl ImageStore {
                 .collect(),
             same_owner: nix::unistd::geteuid().is_root(),
         };
-        for dir in [&store.images_dir, &store.layers_dir, &store.blob_dir()] {
+        let markers = store.images_dir.join(MARKER_DIR);
+        for dir in [
+            &store.images_dir,
+            &store.layers_dir,
+            &store.blob_dir(),
+            &markers,
+        ] {
             create_dir_all(dir, 0o700)?;
         }
         if store.tmp_dir.exists() {
@@ -145,19 +156,37 @@ impl ImageStore {
         write_json(&self.db_path, db).map_err(ImageError::from)
     }
 
+    fn marker_path(&self, dir: &str) -> PathBuf {
+        self.images_dir.join(MARKER_DIR).join(dir)
+    }
+
     /// Brings disk and metadata into agreement after a crash.
     fn recover(&self) -> Result<(), ImageError> {
         let mut db = self.lock_db();
         let mut changed = false;
-        // Layers whose directory vanished cannot be used; nor can images built on them.
+        if db.version < 2 {
+            // Layers of a store from before completion markers were committed the old way:
+            // trust them once rather than make every node pull its images again.
+            for l in db.layers.values() {
+                if self.layers_dir.join(&l.dir).is_dir() {
+                    atomic_write(&self.marker_path(&l.dir), b"")?;
+                }
+            }
+            db.version = Db::VERSION;
+            changed = true;
+        }
+        // Layers whose directory vanished, or whose content was never made durable, cannot be
+        // used; nor can images built on them.
         let missing: Vec<String> = db
             .layers
             .values()
-            .filter(|l| !self.layers_dir.join(&l.dir).is_dir())
+            .filter(|l| {
+                !self.layers_dir.join(&l.dir).is_dir() || !self.marker_path(&l.dir).is_file()
+            })
             .map(|l| l.chain_id.clone())
             .collect();
         for chain in &missing {
-            warn!(chain_id = %chain, "layer directory missing; dropping the layer");
+            warn!(chain_id = %chain, "layer directory missing or incomplete; dropping the layer");
             db.layers.remove(chain);
             changed = true;
         }
@@ -196,6 +225,12 @@ impl ImageStore {
                 let path = self.layers_dir.join(&entry);
                 crius_archive::remove_tree(&path).map_err(ImageError::io("removing", &path))?;
                 removed += 1;
+            }
+        }
+        for entry in read_dir_names(&self.images_dir.join(MARKER_DIR))? {
+            if !dirs.contains(&entry) {
+                let path = self.marker_path(&entry);
+                fs::remove_file(&path).map_err(ImageError::io("removing", &path))?;
             }
         }
         for entry in read_dir_names(&self.blob_dir())? {
@@ -324,7 +359,11 @@ impl ImageStore {
 
     /// Moves a verified, unpacked layer into place and records it.
     pub(crate) fn commit_layer(&self, tmp: &Path, record: LayerRecord) -> Result<(), ImageError> {
+        // The content must be on disk before anything points at it: one syncfs (as containerd
+        // does after applying a layer) instead of an fsync per file.
+        syncfs(tmp).map_err(ImageError::io("syncing", tmp))?;
         let dest = self.layers_dir.join(&record.dir);
+        let marker = self.marker_path(&record.dir);
         let mut db = self.lock_db();
         if db.layers.contains_key(&record.chain_id) {
             drop(db);
@@ -335,8 +374,8 @@ impl ImageStore {
             crius_archive::remove_tree(&dest).map_err(ImageError::io("removing", &dest))?;
         }
         fs::rename(tmp, &dest).map_err(ImageError::io("renaming into place", &dest))?;
-        crius_state::fsync_dir(&self.layers_dir)
-            .map_err(ImageError::io("syncing", &self.layers_dir))?;
+        // atomic_write makes the rename durable too (it syncs the directory).
+        atomic_write(&marker, b"")?;
         db.layers.insert(record.chain_id.clone(), record);
         self.save(&db)
     }
@@ -444,6 +483,7 @@ impl ImageStore {
         };
         // Deleting outside the lock: the metadata no longer points at these.
         for dir in dirs {
+            let _ = fs::remove_file(self.marker_path(&dir));
             let path = self.layers_dir.join(dir);
             if let Err(e) = crius_archive::remove_tree(&path) {
                 warn!(path = %path.display(), error = %e, "failed to remove layer; removed at next start");
@@ -474,6 +514,17 @@ impl ImageStore {
     }
 }
 
+/// Flushes the filesystem holding `path`.
+fn syncfs(path: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let dir = fs::File::open(path)?;
+    // SAFETY: a valid open fd.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Short, stable directory name for a chain id.
 pub(crate) fn layer_dir_name(chain_id: &str) -> String {
     let hex = chain_id.split_once(':').map(|(_, h)| h).unwrap_or(chain_id);
@@ -493,4 +544,97 @@ fn read_dir_names(dir: &Path) -> Result<Vec<String>, ImageError> {
         Err(e) => return Err(ImageError::io("reading", dir)(e)),
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    const IMG: &str = "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
+
+    /// A store holding one image on layers A and B, committed the way a pull commits them.
+    fn store_with_two_layers(root: &Path) -> Arc<ImageStore> {
+        let store = ImageStore::open(root, StoreOptions::default()).unwrap();
+        for chain in [A, B] {
+            let tmp = store.tmp_layer_dir(chain).unwrap();
+            fs::write(tmp.join("file"), chain).unwrap();
+            let record = LayerRecord {
+                chain_id: chain.into(),
+                diff_id: chain.into(),
+                blob_digest: chain.into(),
+                dir: layer_dir_name(chain),
+                size: 71,
+                inodes: 1,
+            };
+            store.commit_layer(&tmp, record).unwrap();
+        }
+        let mut db = store.lock_db();
+        db.images.insert(
+            IMG.into(),
+            ImageRecord {
+                id: IMG.into(),
+                repo_tags: vec!["docker.io/library/x:1".into()],
+                repo_digests: Vec::new(),
+                manifest_digest: IMG.into(),
+                layers: vec![A.into(), B.into()],
+                size: 142,
+                user: String::new(),
+                blobs: Vec::new(),
+                pulled_at: 0,
+            },
+        );
+        store.save(&db).unwrap();
+        drop(db);
+        store
+    }
+
+    #[test]
+    fn a_layer_without_its_completion_marker_is_discarded_at_open() {
+        let root = tempfile::tempdir().unwrap();
+        let store = store_with_two_layers(root.path());
+        let layers = store.layers_dir().to_path_buf();
+        assert!(store.marker_path(&layer_dir_name(A)).is_file());
+        // As if the daemon died after the rename, before the content was known durable.
+        fs::remove_file(store.marker_path(&layer_dir_name(B))).unwrap();
+        drop(store);
+
+        let store = ImageStore::open(root.path(), StoreOptions::default()).unwrap();
+        assert!(!store.has_layer(B));
+        assert!(
+            !layers.join(layer_dir_name(B)).exists(),
+            "unmarked layer kept"
+        );
+        // The image built on it must be pulled again.
+        assert!(store.get(IMG).is_none());
+        let names = read_dir_names(&layers).unwrap();
+        assert!(
+            !names.iter().any(|n| n.starts_with(&layer_dir_name(B))),
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn complete_layers_survive_a_restart_and_old_stores_are_trusted_once() {
+        let root = tempfile::tempdir().unwrap();
+        let store = store_with_two_layers(root.path());
+        drop(store);
+        let store = ImageStore::open(root.path(), StoreOptions::default()).unwrap();
+        assert!(store.has_layer(A) && store.has_layer(B));
+        assert!(store.get(IMG).is_some());
+
+        // A version 1 store had no markers: its layers are kept and marked.
+        for chain in [A, B] {
+            fs::remove_file(store.marker_path(&layer_dir_name(chain))).unwrap();
+        }
+        let mut db = store.lock_db();
+        db.version = 1;
+        store.save(&db).unwrap();
+        drop(db);
+        drop(store);
+        let store = ImageStore::open(root.path(), StoreOptions::default()).unwrap();
+        assert!(store.get(IMG).is_some());
+        assert!(store.marker_path(&layer_dir_name(B)).is_file());
+    }
 }

@@ -68,6 +68,30 @@ impl Credentials {
         Ok(None)
     }
 
+    /// Whether credentials the kubelet gave for `server_address` belong to `registry` (a
+    /// reference's registry, e.g. `docker.io` or `reg.example:5000`). As containerd's
+    /// ParseAuth: when the address is set and names another registry, the credentials are not
+    /// used. Docker Hub answers to several names.
+    pub fn scoped_to(server_address: &str, registry: &str) -> bool {
+        let addr = server_address.trim();
+        if addr.is_empty() {
+            return true;
+        }
+        let rest = addr.split_once("://").map_or(addr, |(_, r)| r);
+        let host = rest.split('/').next().unwrap_or("").to_ascii_lowercase();
+        let registry = registry.to_ascii_lowercase();
+        let hub = |h: &str| {
+            matches!(
+                h,
+                "docker.io"
+                    | "index.docker.io"
+                    | "registry-1.docker.io"
+                    | "registry.hub.docker.com"
+            )
+        };
+        host == registry || (hub(&host) && hub(&registry))
+    }
+
     /// The `Authorization` value for a Basic challenge, if these are Basic credentials.
     pub(crate) fn basic_header(&self) -> Option<String> {
         match self {
@@ -209,6 +233,28 @@ mod tests {
             parse_www_authenticate("Negotiate abc==")[0].scheme,
             "negotiate"
         );
+    }
+
+    #[test]
+    fn server_address_scopes_credentials() {
+        for (addr, registry, ok) in [
+            ("", "reg.example", true),
+            ("reg.example", "reg.example", true),
+            ("https://reg.example:5000/v2/", "reg.example:5000", true),
+            ("REG.example", "reg.example", true),
+            ("https://index.docker.io/v1/", "docker.io", true),
+            ("registry-1.docker.io", "docker.io", true),
+            ("other.example", "reg.example", false),
+            ("reg.example:5000", "reg.example", false),
+            ("https://reg.example.evil/", "reg.example", false),
+            ("docker.io", "quay.io", false),
+        ] {
+            assert_eq!(
+                Credentials::scoped_to(addr, registry),
+                ok,
+                "{addr} for {registry}"
+            );
+        }
     }
 
     #[test]

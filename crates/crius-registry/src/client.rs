@@ -2,7 +2,7 @@
 //! blobs.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -37,6 +37,8 @@ const ERROR_BODY_LIMIT: usize = 64 << 10;
 /// Token lifetime when the token service does not say (distribution's documented default).
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
 const DOCKER_HUB_ENDPOINT: &str = "registry-1.docker.io";
+/// Docker Hub's token service, on another host than its registry.
+const DOCKER_HUB_TOKEN_HOST: &str = "auth.docker.io";
 const USER_AGENT: &str = concat!("crius/", env!("CARGO_PKG_VERSION"));
 
 pub type BlobStream = Pin<Box<dyn Stream<Item = Result<Bytes, RegistryError>> + Send>>;
@@ -75,10 +77,12 @@ struct TlsSetup {
 
 #[derive(Debug)]
 struct HostEntry {
-    /// (origin, path prefix) of each mirror.
-    mirrors: Vec<(String, String)>,
+    /// (origin, path prefix, may receive credentials) of each mirror.
+    mirrors: Vec<(String, String, bool)>,
     insecure: bool,
     fallback_to_upstream: bool,
+    /// Token hosts besides the registry's own that may receive credentials.
+    token_realms: Vec<String>,
     http: reqwest::Client,
 }
 
@@ -94,6 +98,10 @@ struct Inner {
     hosts: BTreeMap<String, HostEntry>,
     default_http: reqwest::Client,
     tokens: Mutex<HashMap<TokenKey, (String, Instant)>>,
+    /// Hosts (`host` or `host:port`, lower case) foreign layer urls may be fetched from.
+    foreign_hosts: Vec<String>,
+    /// Tests only: let foreign urls reach loopback (the test servers live there).
+    foreign_loopback: bool,
 }
 
 /// The registry client; cheap to clone. Built once from the registries configuration.
@@ -192,6 +200,48 @@ fn parse_mirror(host: &str, mirror: &str) -> Result<(String, String), RegistryEr
     Ok((url.origin().ascii_serialization(), prefix))
 }
 
+/// Whether a token service at `realm` (named by the registry's challenge, so by whoever answers
+/// at `ep`) may receive the credentials meant for `ep`: over HTTPS on the same host or a host
+/// configured in `token_realms`; over plain HTTP only when `ep` itself is plain HTTP on that
+/// same host (the credentials travel in clear text there anyway).
+fn realm_may_get_credentials(ep: &Endpoint, realm: &Url) -> bool {
+    let Ok(origin) = Url::parse(&ep.origin) else {
+        return false;
+    };
+    let realm_host = realm.host_str().unwrap_or("").to_ascii_lowercase();
+    let same_host = origin
+        .host_str()
+        .is_some_and(|h| h.eq_ignore_ascii_case(&realm_host));
+    match realm.scheme() {
+        "https" => {
+            same_host
+                || ep.token_realms.iter().any(|h| {
+                    *h == realm_host
+                        || realm
+                            .port()
+                            .is_some_and(|p| *h == format!("{realm_host}:{p}"))
+                })
+        }
+        "http" => same_host && origin.scheme() == "http",
+        _ => false,
+    }
+}
+
+/// Addresses an image-chosen url must never reach: this host, link-local (cloud metadata at
+/// 169.254.169.254), unspecified.
+fn is_internal(ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_link_local() || v4.is_unspecified(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.is_unspecified() || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
 /// containerd speaks plain HTTP to loopback registries without being told.
 fn is_loopback(registry: &str) -> bool {
     let host = if let Some(rest) = registry.strip_prefix('[') {
@@ -226,8 +276,18 @@ impl Client {
             let mirrors = cfg
                 .mirrors
                 .iter()
-                .map(|m| parse_mirror(host, m))
-                .collect::<Result<Vec<_>, _>>()?;
+                .map(|m| {
+                    let (origin, prefix) = parse_mirror(host, m)?;
+                    // Credentials cross to a mirror only when configured, and in clear text
+                    // only to a mirror whose own table declares it insecure.
+                    let creds = cfg.mirror_credentials
+                        && (origin.starts_with("https://")
+                            || hosts
+                                .get(origin.trim_start_matches("http://"))
+                                .is_some_and(|c| c.insecure));
+                    Ok((origin, prefix, creds))
+                })
+                .collect::<Result<Vec<_>, RegistryError>>()?;
             let mut key = host.to_ascii_lowercase();
             if key == "index.docker.io" {
                 key = DEFAULT_REGISTRY.to_string();
@@ -238,6 +298,11 @@ impl Client {
                     mirrors,
                     insecure: cfg.insecure,
                     fallback_to_upstream: cfg.fallback_to_upstream,
+                    token_realms: cfg
+                        .token_realms
+                        .iter()
+                        .map(|h| h.to_ascii_lowercase())
+                        .collect(),
                     http,
                 },
             );
@@ -247,8 +312,32 @@ impl Client {
                 hosts: entries,
                 default_http,
                 tokens: Mutex::new(HashMap::new()),
+                foreign_hosts: Vec::new(),
+                foreign_loopback: false,
             }),
         })
+    }
+
+    /// Allows fetching foreign (non-distributable) layers from these hosts (`host` or
+    /// `host:port`); by default none is allowed, so an image cannot make crius send a request
+    /// anywhere but its registry. Call before the client is cloned.
+    pub fn with_foreign_layer_hosts(mut self, hosts: &[String]) -> Result<Client, RegistryError> {
+        let inner = Arc::get_mut(&mut self.inner).ok_or_else(|| {
+            config_error(
+                "foreign_layer_hosts",
+                "set after the client was shared".into(),
+            )
+        })?;
+        inner.foreign_hosts = hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+        Ok(self)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn allow_foreign_loopback(mut self) -> Client {
+        Arc::get_mut(&mut self.inner)
+            .expect("not shared yet")
+            .foreign_loopback = true;
+        self
     }
 
     /// The repository of `reference` on its endpoints, authenticating with `creds`.
@@ -260,11 +349,13 @@ impl Client {
             .map(|e| {
                 e.mirrors
                     .iter()
-                    .map(|(origin, prefix)| Endpoint {
+                    .map(|(origin, prefix, creds)| Endpoint {
                         origin: origin.clone(),
                         prefix: prefix.clone(),
                         http: http.clone(),
                         ns: Some(key.clone()),
+                        creds: *creds,
+                        token_realms: e.token_realms.clone(),
                     })
                     .collect()
             })
@@ -281,11 +372,17 @@ impl Client {
             } else {
                 key.as_str()
             };
+            let mut token_realms = entry.map(|e| e.token_realms.clone()).unwrap_or_default();
+            if key == DEFAULT_REGISTRY {
+                token_realms.push(DOCKER_HUB_TOKEN_HOST.into());
+            }
             endpoints.push(Endpoint {
                 origin: format!("{scheme}://{authority}"),
                 prefix: String::new(),
                 http,
                 ns: None,
+                creds: true,
+                token_realms,
             });
         }
         let creds_id = creds
@@ -324,6 +421,10 @@ struct Endpoint {
     /// For mirrors, the registry they stand in for, sent as `?ns=` like containerd does so
     /// that one cache can serve several upstreams.
     ns: Option<String>,
+    /// Whether the pull's credentials may be sent here.
+    creds: bool,
+    /// Token hosts besides this endpoint's own that may receive the credentials.
+    token_realms: Vec<String>,
 }
 
 impl Endpoint {
@@ -746,17 +847,78 @@ impl Repository {
         self.blob_body(resp, &ep.display(), url, desc, reference)
     }
 
+    /// Fetches a foreign layer from `url` when its host is allowed, never from a loopback,
+    /// link-local or unspecified address (the image chose the url: it must not reach the
+    /// node's own services or a cloud metadata endpoint).
     async fn foreign_blob(
         &self,
         url: &str,
         desc: &Descriptor,
         reference: &str,
     ) -> Result<Blob, RegistryError> {
+        let client = &self.inner.client;
+        let refused = |why: String| RegistryError::PermissionDenied {
+            reference: reference.to_string(),
+            endpoint: url.to_string(),
+            status: "not fetched".into(),
+            message: why,
+        };
+        let parsed = Url::parse(url).map_err(|e| refused(format!("foreign layer url: {e}")))?;
+        let host = parsed
+            .host_str()
+            .ok_or_else(|| refused("foreign layer url has no host".into()))?
+            .to_ascii_lowercase();
+        let port = parsed
+            .port_or_known_default()
+            .ok_or_else(|| refused("foreign layer url has no port".into()))?;
+        let with_port = format!("{host}:{port}");
+        if !client
+            .foreign_hosts
+            .iter()
+            .any(|h| *h == host || *h == with_port)
+        {
+            return Err(refused(format!(
+                "foreign layer host {host} is not in image.foreign_layer_hosts"
+            )));
+        }
+        let bare = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((bare.as_str(), port))
+            .await
+            .map_err(|e| RegistryError::Unavailable {
+                reference: reference.to_string(),
+                endpoint: with_port.clone(),
+                message: format!("resolving foreign layer host: {e}"),
+            })?
+            .collect();
+        if let Some(bad) = addrs
+            .iter()
+            .find(|a| !client.foreign_loopback && is_internal(a.ip()))
+        {
+            return Err(refused(format!(
+                "foreign layer host {host} resolves to {}, a loopback or link-local address",
+                bad.ip()
+            )));
+        }
+        // Connect only to the addresses just checked (no second lookup to rebind), and follow
+        // no redirect (it could point anywhere).
+        let http = reqwest::Client::builder()
+            .use_rustls_tls()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(USER_AGENT)
+            .redirect(reqwest::redirect::Policy::none())
+            .resolve_to_addrs(&bare, &addrs)
+            .build()
+            .map_err(|e| refused(format!("building HTTP client: {}", error_chain(&e))))?;
         let ep = Endpoint {
             origin: url.to_string(),
             prefix: String::new(),
-            http: self.inner.client.default_http.clone(),
+            http,
             ns: None,
+            creds: false,
+            token_realms: Vec::new(),
         };
         // Foreign urls belong to another party: never send our registry credentials there.
         let resp = ep
@@ -765,8 +927,15 @@ impl Repository {
             .send()
             .await
             .map_err(|e| self.unavailable(&ep, reference, &e))?;
-        if !resp.status().is_success() {
-            return Err(self.status_error(&ep, url, reference, resp).await);
+        let status = resp.status();
+        if !status.is_success() {
+            // Only the status: the body is another party's text, not for our client's eyes.
+            return Err(RegistryError::Status {
+                reference: reference.to_string(),
+                url: url.to_string(),
+                status: status.as_u16(),
+                message: "foreign layer url failed".into(),
+            });
         }
         self.blob_body(resp, url, url, desc, reference)
     }
@@ -857,7 +1026,7 @@ impl Repository {
             attempt += 1;
             if resp.status() != StatusCode::UNAUTHORIZED
                 || attempt > 1
-                || matches!(self.inner.creds, Some(Credentials::RegistryToken(_)))
+                || matches!(self.creds_for(ep), Some(Credentials::RegistryToken(_)))
             {
                 return Ok(resp);
             }
@@ -878,9 +1047,7 @@ impl Repository {
             };
             if chosen.scheme == "basic"
                 && self
-                    .inner
-                    .creds
-                    .as_ref()
+                    .creds_for(ep)
                     .and_then(Credentials::basic_header)
                     .is_none()
             {
@@ -904,7 +1071,7 @@ impl Repository {
         refresh: bool,
         reference: &str,
     ) -> Result<Option<String>, RegistryError> {
-        if let Some(Credentials::RegistryToken(t)) = &self.inner.creds {
+        if let Some(Credentials::RegistryToken(t)) = self.creds_for(ep) {
             return Ok(Some(format!("Bearer {t}")));
         }
         let challenge = self
@@ -918,11 +1085,7 @@ impl Repository {
             return Ok(None);
         };
         if challenge.scheme == "basic" {
-            return Ok(self
-                .inner
-                .creds
-                .as_ref()
-                .and_then(Credentials::basic_header));
+            return Ok(self.creds_for(ep).and_then(Credentials::basic_header));
         }
         let mut scopes = vec![format!(
             "repository:{}:pull",
@@ -941,7 +1104,11 @@ impl Repository {
         let key = TokenKey {
             endpoint: ep.origin.clone(),
             scope: scopes.join(" "),
-            creds: self.inner.creds_id.clone(),
+            creds: if self.creds_for(ep).is_some() {
+                self.inner.creds_id.clone()
+            } else {
+                String::new()
+            },
         };
         if !refresh {
             let tokens = self
@@ -981,6 +1148,8 @@ impl Repository {
             prefix: String::new(),
             http: ep.http.clone(),
             ns: None,
+            creds: false,
+            token_realms: Vec::new(),
         };
         let realm_url = Url::parse(realm)
             .ok()
@@ -993,7 +1162,14 @@ impl Repository {
                 message: format!("realm {realm:?} is not an http(s) url"),
             })?;
         let service = challenge.param("service").unwrap_or_default();
-        let req = match &self.inner.creds {
+        let creds = self
+            .creds_for(ep)
+            .filter(|_| realm_may_get_credentials(ep, &realm_url));
+        if creds.is_none() && self.creds_for(ep).is_some() {
+            debug!(registry = %self.inner.registry, endpoint = %ep.display(), realm,
+                "token service may not receive the credentials; asking anonymously");
+        }
+        let req = match creds {
             // containerd's OAuth2 flow for identity tokens (refresh tokens).
             Some(Credentials::IdentityToken(t)) => {
                 let mut form: Vec<(&str, &str)> = vec![
@@ -1013,7 +1189,7 @@ impl Repository {
                 }
                 query.extend(scopes.iter().map(|s| ("scope", s.as_str())));
                 let mut req = ep.http.get(realm_url.clone()).query(&query);
-                if let Some(b) = creds.as_ref().and_then(Credentials::basic_header) {
+                if let Some(b) = creds.and_then(Credentials::basic_header) {
                     req = req.header(AUTHORIZATION, b);
                 }
                 req
@@ -1081,6 +1257,11 @@ impl Repository {
             .filter(|s| *s > 0)
             .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs);
         Ok((token, lifetime))
+    }
+
+    /// The pull's credentials, when `ep` may receive them.
+    fn creds_for(&self, ep: &Endpoint) -> Option<&Credentials> {
+        self.inner.creds.as_ref().filter(|_| ep.creds)
     }
 
     fn unavailable(&self, ep: &Endpoint, reference: &str, e: &reqwest::Error) -> RegistryError {

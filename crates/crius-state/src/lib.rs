@@ -9,6 +9,7 @@ use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crius_error::{ErrorKind, HasKind};
 use serde::Serialize;
@@ -65,12 +66,15 @@ pub fn atomic_write(path: &Path, data: &[u8]) -> Result<(), StateError> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    // Unique per write, not per process: two threads saving one record at once must never
+    // write into (or rename) each other's temp file.
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.tmp.{}.{seq}", std::process::id()));
     let write = || -> io::Result<()> {
         let mut f = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
         f.write_all(data)?;
@@ -196,6 +200,36 @@ mod tests {
         write_json(&p, &vec![4]).unwrap();
         let v: Vec<i32> = read_json(&p).unwrap().unwrap();
         assert_eq!(v, vec![4]);
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn concurrent_saves_of_one_record_never_share_a_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("rec.json");
+        let threads: Vec<_> = (0..8u8)
+            .map(|t| {
+                let p = p.clone();
+                std::thread::spawn(move || {
+                    // Big enough that writes overlap in time.
+                    let data = vec![b'a' + t; 256 << 10];
+                    for _ in 0..50 {
+                        atomic_write(&p, &data).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("a concurrent save failed");
+        }
+        // Whole content of exactly one writer, and no temp file left behind.
+        let data = fs::read(&p).unwrap();
+        assert_eq!(data.len(), 256 << 10);
+        assert!(data.iter().all(|b| *b == data[0]), "torn record");
         let names: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())

@@ -507,10 +507,14 @@ async fn foreign_layer_urls_after_404() {
     .await;
     let srv =
         Server::start(|_, _| Resp::new(404).body(r#"{"errors":[{"code":"BLOB_UNKNOWN"}]}"#)).await;
-    let repo = client(vec![]).repository(
-        &reference(&srv.host(), "a/b:v1"),
-        Some(Credentials::RegistryToken("rt".into())),
-    );
+    let repo = client(vec![])
+        .with_foreign_layer_hosts(&[foreign.host()])
+        .unwrap()
+        .allow_foreign_loopback()
+        .repository(
+            &reference(&srv.host(), "a/b:v1"),
+            Some(Credentials::RegistryToken("rt".into())),
+        );
     let mut layer = desc(mt::DOCKER_FOREIGN_LAYER_GZIP, LAYER);
     layer.urls = vec![
         "ftp://example.com/x".into(),
@@ -537,6 +541,206 @@ async fn foreign_layer_urls_after_404() {
             && err.to_string().contains("BLOB_UNKNOWN"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn foreign_urls_need_an_allowed_host_never_reach_loopback_nor_leak_bodies() {
+    let foreign = Server::start(|_, _| Resp::new(500).body("SECRET-BODY-BYTES")).await;
+    let srv =
+        Server::start(|_, _| Resp::new(404).body(r#"{"errors":[{"code":"BLOB_UNKNOWN"}]}"#)).await;
+    let mut layer = desc(mt::DOCKER_FOREIGN_LAYER_GZIP, LAYER);
+    layer.urls = vec![format!("{}/layer", foreign.url())];
+    let r = reference(&srv.host(), "a/b:v1");
+
+    // Default: no host is allowed.
+    let err = client(vec![])
+        .repository(&r, None)
+        .get_blob(&layer)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    assert!(err.to_string().contains("foreign_layer_hosts"), "{err}");
+    // Allowed by name, but it is this host's loopback.
+    let allowed = client(vec![])
+        .with_foreign_layer_hosts(&[foreign.host()])
+        .unwrap();
+    let err = allowed
+        .repository(&r, None)
+        .get_blob(&layer)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    assert!(err.to_string().contains("loopback"), "{err}");
+    assert!(foreign.requests().is_empty(), "a refused url was fetched");
+
+    // Reached (loopback allowed for the test): the error has the status, not the body.
+    let err = client(vec![])
+        .with_foreign_layer_hosts(&[foreign.host()])
+        .unwrap()
+        .allow_foreign_loopback()
+        .repository(&r, None)
+        .get_blob(&layer)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(foreign.requests().len(), 1);
+    assert!(err.to_string().contains("500"), "{err}");
+    assert!(!err.to_string().contains("SECRET"), "{err}");
+}
+
+/// Issue 10 item 5: the pull's credentials go to the registry, not to whoever else a
+/// configuration or a challenge names.
+#[tokio::test]
+async fn credentials_reach_mirrors_only_when_configured_and_never_in_clear_by_default() {
+    // A mirror that wants Basic credentials and records what it got.
+    let mirror = Server::start(|req, _| {
+        if req.header("authorization") == Some(basic("user", "pass").as_str()) {
+            return serve_content(req, "library/app").unwrap_or_else(not_found);
+        }
+        Resp::new(401).header("WWW-Authenticate", r#"Basic realm="mirror""#)
+    })
+    .await;
+    let creds = Credentials::Basic {
+        username: "user".into(),
+        password: "pass".into(),
+    };
+    let mirrored = |mirror_credentials: bool, declare_insecure: bool| {
+        let mut hosts = vec![(
+            "registry.example.test".to_string(),
+            RegistryHostConfig {
+                mirrors: vec![mirror.url()],
+                fallback_to_upstream: false,
+                mirror_credentials,
+                ..Default::default()
+            },
+        )];
+        if declare_insecure {
+            hosts.push((
+                mirror.host(),
+                RegistryHostConfig {
+                    insecure: true,
+                    ..Default::default()
+                },
+            ));
+        }
+        client(hosts).repository(
+            &reference("registry.example.test", "library/app:v1"),
+            Some(creds.clone()),
+        )
+    };
+    let sent_creds = || {
+        mirror
+            .requests()
+            .iter()
+            .filter(|r| r.header("authorization").is_some())
+            .count()
+    };
+
+    // Not configured: the mirror never sees them.
+    let err = mirrored(false, false).get_manifest("v1").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unauthenticated, "{err}");
+    // Configured, but the mirror is plain HTTP without being declared insecure.
+    let err = mirrored(true, false).get_manifest("v1").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unauthenticated, "{err}");
+    assert_eq!(sent_creds(), 0, "credentials went to the mirror");
+    // Configured and explicitly insecure.
+    mirrored(true, true).get_manifest("v1").await.unwrap();
+    assert!(sent_creds() > 0);
+}
+
+#[tokio::test]
+async fn credentials_go_to_a_token_service_only_on_the_registry_host() {
+    // A token service on another host name ("localhost" vs the registry's 127.0.0.1).
+    let tokens = Server::start(|req, _| {
+        if req.header("authorization").is_some() {
+            Resp::new(200).body(r#"{"token":"with-creds"}"#)
+        } else {
+            Resp::new(200).body(r#"{"token":"anonymous"}"#)
+        }
+    })
+    .await;
+    let token_port = tokens.host().rsplit(':').next().unwrap().to_string();
+    let srv = Server::start(move |req, _| match req.header("authorization") {
+        Some("Bearer with-creds") | Some("Bearer anonymous") => {
+            serve_content(req, "library/app").unwrap_or_else(not_found)
+        }
+        _ => {
+            let challenge =
+                format!(r#"Bearer realm="http://localhost:{token_port}/token",service="reg""#);
+            Resp::new(401).header("WWW-Authenticate", &challenge)
+        }
+    })
+    .await;
+    let creds = Credentials::Basic {
+        username: "user".into(),
+        password: "pass".into(),
+    };
+    let repo = client(vec![]).repository(&reference(&srv.host(), "library/app:v1"), Some(creds));
+    repo.get_manifest("v1").await.unwrap();
+    assert!(!tokens.requests().is_empty());
+    assert!(
+        tokens
+            .requests()
+            .iter()
+            .all(|r| r.header("authorization").is_none()),
+        "credentials went to a token service on another host"
+    );
+    assert!(
+        srv.requests()
+            .iter()
+            .any(|r| r.header("authorization") == Some("Bearer anonymous"))
+    );
+}
+
+#[test]
+fn token_realm_rules() {
+    let ep = |origin: &str, realms: &[&str]| Endpoint {
+        origin: origin.into(),
+        prefix: String::new(),
+        http: reqwest::Client::new(),
+        ns: None,
+        creds: true,
+        token_realms: realms.iter().map(|s| s.to_string()).collect(),
+    };
+    let ok =
+        |ep: &Endpoint, realm: &str| realm_may_get_credentials(ep, &Url::parse(realm).unwrap());
+    let hub = ep("https://registry-1.docker.io", &["auth.docker.io"]);
+    assert!(ok(&hub, "https://auth.docker.io/token"));
+    assert!(!ok(&hub, "http://auth.docker.io/token"), "clear text");
+    assert!(!ok(&hub, "https://evil.example/token"));
+    let own = ep("https://reg.example:5000", &[]);
+    assert!(ok(&own, "https://reg.example/token"));
+    assert!(ok(&own, "https://REG.example:8443/token"));
+    assert!(!ok(&own, "https://other.example/token"));
+    assert!(
+        !ok(&own, "http://reg.example/token"),
+        "https registry, http realm"
+    );
+    let plain = ep("http://127.0.0.1:5000", &[]);
+    assert!(ok(&plain, "http://127.0.0.1:5001/token"));
+    assert!(!ok(&plain, "http://localhost:5001/token"));
+}
+
+#[test]
+fn internal_addresses_are_recognised() {
+    for ip in [
+        "127.0.0.1",
+        "127.1.2.3",
+        "169.254.169.254",
+        "0.0.0.0",
+        "::1",
+        "::",
+        "fe80::1",
+        "::ffff:127.0.0.1",
+        "::ffff:169.254.169.254",
+    ] {
+        assert!(is_internal(ip.parse().unwrap()), "{ip}");
+    }
+    for ip in ["10.0.0.1", "192.0.2.1", "2001:db8::1", "::ffff:192.0.2.1"] {
+        assert!(!is_internal(ip.parse().unwrap()), "{ip}");
+    }
 }
 
 #[tokio::test]
