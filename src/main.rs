@@ -204,6 +204,9 @@ async fn run(config: Config) -> Result<()> {
         })
         .await??,
     );
+    if let Err(e) = containers.watch_exits() {
+        warn!(error = %e, "cannot watch for container exits; they are noticed on the next status query");
+    }
     containers.set_exec_limits(crius_runtime::ExecLimits {
         per_container: config.exec.max_per_container,
         total: config.exec.max_total,

@@ -49,6 +49,18 @@ async fn version_status_and_runtime_config() -> Result<()> {
         network.status,
         "the test network (loopback only) is ready: {network:?}"
     );
+    // Handlers with their features; the default one also under "" (how the kubelet looks up
+    // a pod without RuntimeClass); supplemental groups policies are supported.
+    let names: Vec<&str> = s.runtime_handlers.iter().map(|h| h.name.as_str()).collect();
+    if have_runtime {
+        assert_eq!(names[0], "", "{names:?}");
+        assert!(
+            names.contains(&"runc") || names.contains(&"crun"),
+            "{names:?}"
+        );
+    }
+    assert!(s.runtime_handlers.iter().all(|h| h.features.is_some()));
+    assert!(s.features.unwrap().supplemental_groups_policy);
     let config: serde_json::Value = serde_json::from_str(&s.info["config"])?;
     assert_eq!(config["root"], d.root().display().to_string());
     assert_eq!(config["image"]["max_concurrent_downloads"], 3);

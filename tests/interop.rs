@@ -205,17 +205,17 @@ async fn crictl_pull_with_credentials() -> Result<()> {
     let crictl = Crictl::new(&daemon)?;
     let reference = "registry.example.test/private/busybox:v1";
 
-    let err = crictl.fails(&["pull", &reference]).await?;
+    let err = crictl.fails(&["pull", reference]).await?;
     assert!(
         err.contains("Unauthenticated") || err.contains("unauthorized") || err.contains("401"),
         "{err}"
     );
     let err = crictl
-        .fails(&["pull", "--creds", "crius:wrong", &reference])
+        .fails(&["pull", "--creds", "crius:wrong", reference])
         .await?;
     assert!(!err.is_empty());
     let out = crictl
-        .ok(&["pull", "--creds", "crius:s3cret", &reference])
+        .ok(&["pull", "--creds", "crius:s3cret", reference])
         .await?;
     assert!(out.contains("Image is up to date for sha256:"), "{out}");
     let images = crictl.json(&["images", "-o", "json"]).await?;

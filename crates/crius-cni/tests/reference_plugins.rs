@@ -396,7 +396,12 @@ fn del_after_the_netns_is_gone() {
     assert!(!path.exists());
     mgr.del(&att).unwrap();
     assert_eq!(fx.allocations(), Vec::<IpAddr>::new());
-    // The kernel removed the veth pair with the namespace.
+    // The kernel removes the veth pair with the namespace, in its cleanup work after the last
+    // reference is gone: wait for it rather than race it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !fx.veths_on_bridge().trim().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert_eq!(fx.veths_on_bridge().trim(), "");
     mgr.del(&att).unwrap();
     // And with no netns path at all.

@@ -24,6 +24,8 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::error::{RuntimeError, invalid, io_err, removed};
+use crate::events::EventKind;
+use crate::exit_watch::ExitWatch;
 use crate::ids::{new_id, resolve};
 use crate::keylocks::KeyLocks;
 use crate::pods::PodManager;
@@ -125,6 +127,7 @@ pub struct ContainerManager {
     exec_slots: ExecSlots,
     features: SpecFeatures,
     oom_floor: Option<i64>,
+    exit_watch: ExitWatch,
 }
 
 /// Marks a container whose exit its monitor could not record (the monitor died).
@@ -369,6 +372,7 @@ impl ContainerManager {
             exec_slots: ExecSlots::default(),
             features,
             oom_floor: oom_floor(),
+            exit_watch: ExitWatch::default(),
         };
         let ids: Vec<String> = mgr.lock().keys().cloned().collect();
         for id in ids {
@@ -419,7 +423,9 @@ impl ContainerManager {
 
     /// Saves an update of a record; dropped when the record was removed meanwhile (a status
     /// refresh racing a Remove must not bring it back).
+    /// Saves an update and publishes the state change it makes (started, stopped).
     fn save(&self, c: &ContainerRecord) -> Result<(), RuntimeError> {
+        let events = self.pods.events();
         self.records
             .save(
                 &self.containers,
@@ -427,8 +433,30 @@ impl ContainerManager {
                 &c.id,
                 c,
                 Save::Update,
+                |previous| match (previous.map(|p| p.state), c.state) {
+                    (Some(ContainerState::Created), ContainerState::Running) => {
+                        events.publish(&c.id, &c.pod_id, EventKind::Started)
+                    }
+                    (Some(before), ContainerState::Exited) if before != ContainerState::Exited => {
+                        events.publish(&c.id, &c.pod_id, EventKind::Stopped)
+                    }
+                    _ => {}
+                },
             )
             .map(drop)
+    }
+
+    /// Starts noticing exits as they are recorded (see [`crate::exit_watch`]), for the pods
+    /// that exist now and every one that gets a container later.
+    pub fn watch_exits(self: &Arc<Self>) -> std::io::Result<()> {
+        self.exit_watch.start(Arc::downgrade(self))?;
+        for pod in self.pods.list(&crate::pods::PodFilter::default()) {
+            let dir = Self::exit_dir(&pod);
+            if dir.is_dir() {
+                self.exit_watch.add(&dir);
+            }
+        }
+        Ok(())
     }
 
     fn monitor_socket(&self, pod: &PodRecord) -> PathBuf {
@@ -663,6 +691,7 @@ impl ContainerManager {
         let mut monitor = self.monitor(&pod)?;
         let exit_dir = Self::exit_dir(&pod);
         create_dir_all(&exit_dir, 0o700)?;
+        self.exit_watch.add(&exit_dir);
         let runtime_root = self.opts.runtime_root.join(&pod.runtime_handler);
         create_dir_all(&runtime_root, 0o700)?;
         let pid = monitor
@@ -709,6 +738,7 @@ impl ContainerManager {
             &id,
             &record,
             Save::Create,
+            |_| self.pods.events().publish(&id, &pod.id, EventKind::Created),
         );
         if let Err(e) = created {
             let _ = monitor.delete(&id, true);
@@ -896,6 +926,9 @@ impl ContainerManager {
         }
         self.records
             .remove(&self.containers, &self.record_path(&c.id), &c.id)?;
+        self.pods
+            .events()
+            .publish(&c.id, &c.pod_id, EventKind::Deleted);
         info!(container_id = %c.id, "container removed");
         Ok(())
     }

@@ -14,6 +14,8 @@
 
 mod containers;
 mod error;
+mod events;
+mod exit_watch;
 mod ids;
 mod keylocks;
 mod network;
@@ -30,6 +32,7 @@ pub use containers::{
     ExecCancel, ExecLimits, ExecOutput, ImageInfo, signal_number,
 };
 pub use error::RuntimeError;
+pub use events::{Event, EventBus, EventKind, Subscription};
 pub use ids::new_id;
 pub use network::{CniNetwork, POD_IFNAME, PodNetwork};
 pub use ops::{HostSandboxOps, SandboxOps};

@@ -11,6 +11,7 @@ use k8s_cri::v1::{NamespaceMode, PodSandboxConfig};
 use tracing::{info, warn};
 
 use crate::error::{RuntimeError, invalid, io_err, removed};
+use crate::events::{EventBus, EventKind};
 use crate::ids::{new_id, resolve};
 use crate::keylocks::KeyLocks;
 use crate::network::PodNetwork;
@@ -49,9 +50,15 @@ pub struct PodManager {
     /// Serialises work on one pod (by id) or one pod name (while it is being created), so a
     /// retried RunPodSandbox waits for the first and then finds its pod.
     locks: KeyLocks,
+    events: Arc<EventBus>,
 }
 
 impl PodManager {
+    /// Where pod and container events are published.
+    pub fn events(&self) -> &Arc<EventBus> {
+        &self.events
+    }
+
     /// Loads every pod record. A record that cannot be read is set aside and logged; it never
     /// stops the others from loading.
     pub fn open(
@@ -96,6 +103,7 @@ impl PodManager {
             network,
             pods: Mutex::new(pods),
             locks: KeyLocks::default(),
+            events: Arc::default(),
         })
     }
 
@@ -280,6 +288,8 @@ impl PodManager {
         write_json(&self.record_path(&id), &record)?;
         self.lock_pods().insert(id.clone(), record);
         undo.disarm();
+        self.events.publish(&id, &id, EventKind::Created);
+        self.events.publish(&id, &id, EventKind::Started);
         info!(pod_id = %id, "pod sandbox ready");
         Ok(id)
     }
@@ -316,6 +326,7 @@ impl PodManager {
         {
             p.state = PodState::NotReady;
             write_json(&self.record_path(&p.id), p)?;
+            self.events.publish(&p.id, &p.id, EventKind::Stopped);
             info!(pod_id = %p.id, "pod sandbox stopped");
         }
         Ok(())
@@ -356,6 +367,7 @@ impl PodManager {
         let path = self.record_path(&pod.id);
         removed(fs::remove_file(&path), &path)?;
         self.lock_pods().remove(&pod.id);
+        self.events.publish(&pod.id, &pod.id, EventKind::Deleted);
         info!(pod_id = %pod.id, "pod sandbox removed");
         Ok(())
     }

@@ -27,8 +27,10 @@ pub(crate) enum Save {
 }
 
 impl RecordLocks {
-    /// Writes `value` to `path` and `map[id]`; `Save::Update` of a record no longer in `map`
-    /// (removed meanwhile) writes nothing and returns false.
+    /// Writes `value` to `path` and `map[id]`, then calls `saved(previous value)` while the
+    /// id's lock is still held, so concurrent saves of one id see each transition exactly
+    /// once. `Save::Update` of a record no longer in `map` (removed meanwhile) writes nothing
+    /// and returns false.
     pub(crate) fn save<T: Serialize + Clone>(
         &self,
         map: &Mutex<BTreeMap<String, T>>,
@@ -36,13 +38,15 @@ impl RecordLocks {
         id: &str,
         value: &T,
         mode: Save,
+        saved: impl FnOnce(Option<&T>),
     ) -> Result<bool, RuntimeError> {
         let _guard = self.0.lock(id);
         if mode == Save::Update && !lock(map).contains_key(id) {
             return Ok(false);
         }
         write_json(path, value)?;
-        lock(map).insert(id.to_owned(), value.clone());
+        let previous = lock(map).insert(id.to_owned(), value.clone());
+        saved(previous.as_ref());
         Ok(true)
     }
 
@@ -80,7 +84,9 @@ mod tests {
             let path = Arc::new(dir.path().join("c.json"));
             let map = Arc::new(Mutex::new(BTreeMap::new()));
             let locks = Arc::new(RecordLocks::default());
-            locks.save(&map, &path, "c", &0u64, Save::Create).unwrap();
+            locks
+                .save(&map, &path, "c", &0u64, Save::Create, |_| {})
+                .unwrap();
             let done = Arc::new(AtomicBool::new(false));
             let refreshers: Vec<_> = (0..4)
                 .map(|t| {
@@ -93,7 +99,8 @@ mod tests {
                             let seen = lock(&map).get("c").copied();
                             if let Some(v) = seen {
                                 n += 1;
-                                let _ = locks.save(&map, &path, "c", &(v + n), Save::Update);
+                                let _ =
+                                    locks.save(&map, &path, "c", &(v + n), Save::Update, |_| {});
                             }
                         }
                     })
@@ -117,10 +124,22 @@ mod tests {
         let path = dir.path().join("c.json");
         let map = Mutex::new(BTreeMap::new());
         let locks = RecordLocks::default();
-        assert!(!locks.save(&map, &path, "c", &1u8, Save::Update).unwrap());
+        assert!(
+            !locks
+                .save(&map, &path, "c", &1u8, Save::Update, |_| {})
+                .unwrap()
+        );
         assert!(!path.exists());
-        assert!(locks.save(&map, &path, "c", &1u8, Save::Create).unwrap());
-        assert!(locks.save(&map, &path, "c", &2u8, Save::Update).unwrap());
+        assert!(
+            locks
+                .save(&map, &path, "c", &1u8, Save::Create, |_| {})
+                .unwrap()
+        );
+        assert!(
+            locks
+                .save(&map, &path, "c", &2u8, Save::Update, |_| {})
+                .unwrap()
+        );
         assert_eq!(fs::read_to_string(&path).unwrap().trim(), "2");
     }
 }

@@ -5,6 +5,7 @@ mod container_stats;
 mod container_status;
 mod create_container;
 mod exec_sync;
+mod get_container_events;
 mod list_container_stats;
 mod list_containers;
 mod list_pod_sandbox;
@@ -73,9 +74,9 @@ impl RuntimeService for Runtime {
 
     async fn get_container_events(
         &self,
-        _req: Request<GetEventsRequest>,
+        req: Request<GetEventsRequest>,
     ) -> R<Self::GetContainerEventsStream> {
-        Err(unimplemented("GetContainerEvents"))
+        get_container_events::handle(&self.ctx, req.into_inner()).map(Response::new)
     }
 
     async fn run_pod_sandbox(

@@ -3,10 +3,12 @@
 
 use std::collections::HashMap;
 
-use crius_runtime::{ContainerFilter, PodRecord, PodState};
+use crius_runtime::{
+    ContainerFilter, ContainerManager, PodManager, PodRecord, PodState, RuntimeError,
+};
 use k8s_cri::v1::{
-    LinuxPodSandboxStatus, Namespace, PodIp, PodSandboxNetworkStatus, PodSandboxState,
-    PodSandboxStatus, PodSandboxStatusRequest, PodSandboxStatusResponse,
+    ContainerStatus, LinuxPodSandboxStatus, Namespace, PodIp, PodSandboxNetworkStatus,
+    PodSandboxState, PodSandboxStatus, PodSandboxStatusRequest, PodSandboxStatusResponse,
 };
 use tonic::Status;
 
@@ -22,22 +24,8 @@ pub async fn handle(
         return Err(invalid("pod_sandbox_id", "must not be empty"));
     }
     let (pods, containers) = (ctx.pods.clone(), ctx.containers.clone());
-    // The pod and its containers' statuses, as evented PLEG reads them in one call.
-    let (pod, containers_statuses) = blocking(move || {
-        let pod = pods.get(&req.pod_sandbox_id)?;
-        let filter = ContainerFilter {
-            pod_id: Some(pod.id.clone()),
-            ..Default::default()
-        };
-        let statuses = containers
-            .list(&filter)
-            .iter()
-            .filter(|c| c.pod_id == pod.id)
-            .map(|c| status_of_container(c, &read_spec(c)))
-            .collect::<Vec<_>>();
-        Ok::<_, crius_runtime::RuntimeError>((pod, statuses))
-    })
-    .await?;
+    let (pod, containers_statuses) =
+        blocking(move || with_containers(&pods, &containers, &req.pod_sandbox_id)).await?;
     tracing::Span::current().record("pod_id", pod.id.as_str());
     let mut info = HashMap::new();
     if req.verbose {
@@ -63,6 +51,26 @@ pub async fn handle(
     })
 }
 
+/// A pod and its containers' statuses, as evented PLEG reads them in one call. Blocking.
+pub(crate) fn with_containers(
+    pods: &PodManager,
+    containers: &ContainerManager,
+    pod_id: &str,
+) -> Result<(PodRecord, Vec<ContainerStatus>), RuntimeError> {
+    let pod = pods.get(pod_id)?;
+    let filter = ContainerFilter {
+        pod_id: Some(pod.id.clone()),
+        ..Default::default()
+    };
+    let statuses = containers
+        .list(&filter)
+        .iter()
+        .filter(|c| c.pod_id == pod.id)
+        .map(|c| status_of_container(c, &read_spec(c)))
+        .collect();
+    Ok((pod, statuses))
+}
+
 pub(crate) fn state_of(pod: &PodRecord) -> PodSandboxState {
     match pod.state {
         PodState::Ready => PodSandboxState::SandboxReady,
@@ -70,7 +78,7 @@ pub(crate) fn state_of(pod: &PodRecord) -> PodSandboxState {
     }
 }
 
-fn status_of(pod: &PodRecord) -> PodSandboxStatus {
+pub(crate) fn status_of(pod: &PodRecord) -> PodSandboxStatus {
     let options = pod
         .config
         .linux

@@ -2,7 +2,10 @@
 
 use std::collections::HashMap;
 
-use k8s_cri::v1::{RuntimeCondition, RuntimeHandler, RuntimeStatus, StatusRequest, StatusResponse};
+use k8s_cri::v1::{
+    RuntimeCondition, RuntimeFeatures, RuntimeHandler, RuntimeHandlerFeatures, RuntimeStatus,
+    StatusRequest, StatusResponse,
+};
 use tonic::Status;
 
 use crate::context::Context;
@@ -41,7 +44,7 @@ pub fn handle(ctx: &Context, req: StatusRequest) -> Result<StatusResponse, Statu
     let mut info = HashMap::new();
     if req.verbose {
         info.insert("config".to_string(), ctx.config.to_json().to_string());
-        if let Some(r) = runtime {
+        if let Some(r) = &runtime {
             info.insert("ociRuntime".to_string(), r.display().to_string());
         }
     }
@@ -50,13 +53,23 @@ pub fn handle(ctx: &Context, req: StatusRequest) -> Result<StatusResponse, Statu
             conditions: vec![runtime_condition, network_condition],
         }),
         info,
-        runtime_handlers: handlers
-            .keys()
+        // The default handler is listed under "" too, as containerd does: the kubelet looks a
+        // pod without RuntimeClass up by the empty name. Recursive read-only mounts and user
+        // namespaces are not done yet, so those features say false.
+        runtime_handlers: runtime
+            .iter()
+            .map(|_| String::new())
+            .chain(handlers.keys().cloned())
             .map(|name| RuntimeHandler {
-                name: name.clone(),
-                features: None,
+                name,
+                features: Some(RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: false,
+                    user_namespaces: false,
+                }),
             })
             .collect(),
-        features: None,
+        features: Some(RuntimeFeatures {
+            supplemental_groups_policy: true,
+        }),
     })
 }
