@@ -31,6 +31,9 @@ use crate::record::{PodRecord, PodState};
 use crate::rollback::Rollback;
 use crate::rootfs;
 
+mod stream_exec;
+pub use stream_exec::ExecPlan;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ContainerState {
     Created,

@@ -25,7 +25,7 @@ mod rootfs;
 
 pub use containers::{
     ContainerFilter, ContainerManager, ContainerManagerOptions, ContainerRecord, ContainerState,
-    ExecOutput, ImageInfo, signal_number,
+    ExecOutput, ExecPlan, ImageInfo, signal_number,
 };
 pub use error::RuntimeError;
 pub use ids::new_id;

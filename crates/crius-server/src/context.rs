@@ -20,6 +20,10 @@ pub struct Context {
     pub pods: Arc<PodManager>,
     pub containers: Arc<ContainerManager>,
     pub network: Arc<CniNetwork>,
+    /// Mints the URLs of Exec, Attach and PortForward; `None` until the daemon binds it.
+    pub streaming: Option<crius_streaming::Streaming>,
+    /// Its listener, until [`crate::serve`] starts serving it.
+    pub(crate) streaming_listener: std::sync::Mutex<Option<crius_streaming::Listener>>,
 }
 
 impl Context {
@@ -40,6 +44,19 @@ impl Context {
             pods,
             containers,
             network,
+            streaming: None,
+            streaming_listener: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The streaming server the URLs of Exec, Attach and PortForward point to.
+    pub fn with_streaming(
+        mut self,
+        streaming: crius_streaming::Streaming,
+        listener: crius_streaming::Listener,
+    ) -> Context {
+        self.streaming = Some(streaming);
+        self.streaming_listener = std::sync::Mutex::new(Some(listener));
+        self
     }
 }

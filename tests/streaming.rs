@@ -1,0 +1,537 @@
+//! Exec, Attach and PortForward through the real criusd: request checks, and the streaming
+//! server's single-use, expiring URLs.
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::Result;
+use common::pods::*;
+use k8s_cri::v1::{
+    AttachRequest, ExecRequest, PortForwardRequest, StopContainerRequest, StopPodSandboxRequest,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::Code;
+
+/// Sends one HTTP/1.1 request to `url` (plain http) and returns the status code.
+async fn http_status(method: &str, url: &str, upgrade: bool) -> Result<u16> {
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut s = tokio::net::TcpStream::connect(host).await?;
+    let upgrade = if upgrade {
+        "Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n"
+    } else {
+        ""
+    };
+    s.write_all(
+        format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n{upgrade}\r\n")
+            .as_bytes(),
+    )
+    .await?;
+    let mut buf = vec![0u8; 1024];
+    let mut n = 0;
+    while !buf[..n].windows(2).any(|w| w == b"\r\n") {
+        let m = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf[n..])).await??;
+        anyhow::ensure!(m > 0, "connection closed before a status line");
+        n += m;
+    }
+    let line = String::from_utf8_lossy(&buf[..n]).to_string();
+    Ok(line
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {line:?}")))
+}
+
+fn exec_req(id: &str) -> ExecRequest {
+    ExecRequest {
+        container_id: id.into(),
+        cmd: vec!["true".into()],
+        stdout: true,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn requests_are_checked_and_urls_are_single_use() -> Result<()> {
+    let pod = pod_with_busybox("runc").await?;
+    let id = pod.run("web", &["sleep", "1000"]).await?;
+    let mut rt = pod.env.daemon.runtime().await?;
+
+    // The checks the kubelet makes, answered with the field named.
+    let e = rt
+        .exec(ExecRequest {
+            stdout: false,
+            ..exec_req(&id)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("stdin"), "{e:?}");
+    let e = rt
+        .exec(ExecRequest {
+            tty: true,
+            stderr: true,
+            ..exec_req(&id)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("stderr"), "{e:?}");
+    let e = rt
+        .exec(ExecRequest {
+            cmd: vec![],
+            ..exec_req(&id)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("cmd"), "{e:?}");
+    let e = rt.exec(exec_req("nosuchcontainer")).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let e = rt
+        .attach(AttachRequest {
+            container_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let e = rt
+        .port_forward(PortForwardRequest {
+            pod_sandbox_id: "nosuchpod".into(),
+            port: vec![80],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let e = rt
+        .port_forward(PortForwardRequest {
+            pod_sandbox_id: pod.pod_id.clone(),
+            port: vec![70000],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+
+    // A URL is used once, whatever the first use was; an unknown token is 404 too.
+    let url = rt.exec(exec_req(&id)).await?.into_inner().url;
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    assert!(url.contains("/exec/"), "{url}");
+    assert_eq!(http_status("POST", &url, false).await?, 400);
+    assert_eq!(http_status("POST", &url, true).await?, 404);
+    assert_eq!(http_status("GET", &format!("{url}x"), true).await?, 404);
+    let url2 = rt.exec(exec_req(&id)).await?.into_inner().url;
+    assert_ne!(url, url2);
+    assert_eq!(http_status("PUT", &url2, true).await?, 405);
+    // A token only opens the verb it was minted for.
+    let attach = rt
+        .attach(AttachRequest {
+            container_id: id.clone(),
+            stdout: true,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .url;
+    assert!(attach.contains("/attach/"), "{attach}");
+    assert_eq!(
+        http_status("GET", &attach.replace("/attach/", "/exec/"), true).await?,
+        404
+    );
+    let pf = rt
+        .port_forward(PortForwardRequest {
+            pod_sandbox_id: pod.pod_id.clone(),
+            port: vec![80],
+        })
+        .await?
+        .into_inner()
+        .url;
+    assert!(pf.contains("/portforward/"), "{pf}");
+    assert_eq!(http_status("GET", &pf, false).await?, 400);
+
+    // Exec and Attach need a running container, PortForward a ready pod.
+    rt.stop_container(StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 0,
+    })
+    .await?;
+    let e = rt.exec(exec_req(&id)).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: pod.pod_id.clone(),
+    })
+    .await?;
+    let e = rt
+        .port_forward(PortForwardRequest {
+            pod_sandbox_id: pod.pod_id.clone(),
+            port: vec![80],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    pod.teardown().await
+}
+
+#[tokio::test]
+async fn an_unused_url_expires() -> Result<()> {
+    let pod = pod_with_config("runc", "[streaming]\ntoken_ttl = \"1s\"\n", |_| {}).await?;
+    let id = pod.run("web", &["sleep", "1000"]).await?;
+    let mut rt = pod.env.daemon.runtime().await?;
+    let url = rt.exec(exec_req(&id)).await?.into_inner().url;
+    let fresh = rt.exec(exec_req(&id)).await?.into_inner().url;
+    assert_eq!(http_status("GET", &fresh, false).await?, 400);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(http_status("GET", &url, false).await?, 404);
+    pod.teardown().await
+}
+
+/// crictl 1.26.1, a real SPDY client: on PATH, else `../shared/tools/crictl` from the repo.
+fn crictl() -> std::path::PathBuf {
+    if let Some(p) = crius_config::find_in_path("crictl") {
+        return p;
+    }
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/tools/crictl");
+    assert!(
+        p.exists(),
+        "crictl not found on PATH nor at {}",
+        p.display()
+    );
+    p
+}
+
+/// Runs crictl against the daemon with `stdin` fed in; returns (exit code, stdout, stderr).
+async fn crictl_run(
+    pod: &Pod,
+    args: &[&str],
+    stdin: Option<Vec<u8>>,
+) -> Result<(i32, Vec<u8>, Vec<u8>)> {
+    let mut cmd = tokio::process::Command::new(crictl());
+    cmd.arg("--runtime-endpoint")
+        .arg(pod.env.daemon.endpoint())
+        .arg("--timeout")
+        .arg("30s")
+        .args(args)
+        .stdin(if stdin.is_some() {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn()?;
+    if let Some(data) = stdin {
+        let mut w = child.stdin.take().unwrap();
+        tokio::spawn(async move {
+            let _ = w.write_all(&data).await;
+        });
+    }
+    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output()).await??;
+    Ok((out.status.code().unwrap_or(-1), out.stdout, out.stderr))
+}
+
+/// Processes on the host whose command line is exactly `argv`.
+fn processes_with_cmdline(argv: &[&str]) -> Vec<u32> {
+    let want: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .ok()
+                .as_deref()
+                == Some(&want[..])
+        })
+        .collect()
+}
+
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+#[ignore = "crictl 1.26 reaches criusd only with the :authority fix of issue 9"]
+async fn crictl_exec_streams_output_stdin_and_exit_codes() -> Result<()> {
+    let pod = pod_with_busybox("runc").await?;
+    let id = pod.run("web", &["sleep", "1000"]).await?;
+
+    let (code, out, err) = crictl_run(
+        &pod,
+        &["exec", &id, "sh", "-c", "echo out; echo err >&2; exit 3"],
+        None,
+    )
+    .await?;
+    assert_eq!(String::from_utf8_lossy(&out), "out\n");
+    assert!(
+        String::from_utf8_lossy(&err).contains("err\n"),
+        "{}",
+        String::from_utf8_lossy(&err)
+    );
+    assert_eq!(code, 3, "{}", String::from_utf8_lossy(&err));
+    let (code, out, _) = crictl_run(&pod, &["exec", &id, "true"], None).await?;
+    assert_eq!((code, out.len()), (0, 0));
+    let (code, _, _) = crictl_run(&pod, &["exec", &id, "sh", "-c", "kill -9 $$"], None).await?;
+    assert_eq!(code, 137, "killed by SIGKILL");
+    let (code, _, err) = crictl_run(&pod, &["exec", &id, "/no/such/command"], None).await?;
+    assert_eq!(code, 127, "{}", String::from_utf8_lossy(&err));
+
+    // stdin through to EOF.
+    let (code, out, err) = crictl_run(
+        &pod,
+        &["exec", "-i", &id, "sh", "-c", "cat; echo done"],
+        Some(b"hello\nworld\n".to_vec()),
+    )
+    .await?;
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
+    assert_eq!(String::from_utf8_lossy(&out), "hello\nworld\ndone\n");
+    pod.teardown().await
+}
+
+#[tokio::test]
+#[ignore = "crictl 1.26 reaches criusd only with the :authority fix of issue 9"]
+async fn crictl_exec_carries_100_mb_intact() -> Result<()> {
+    use sha2::Digest;
+    let pod = pod_with_busybox("runc").await?;
+    let id = pod.run("web", &["sleep", "1000"]).await?;
+    let r = pod
+        .exec(
+            &id,
+            &[
+                "sh",
+                "-c",
+                "head -c 100000000 /dev/urandom > /big && sha256sum /big",
+            ],
+            60,
+        )
+        .await?;
+    assert_eq!(r.exit_code, 0, "{}", String::from_utf8_lossy(&r.stderr));
+    let want = String::from_utf8_lossy(&r.stdout)
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    let started = std::time::Instant::now();
+    let (code, out, err) = crictl_run(&pod, &["exec", &id, "cat", "/big"], None).await?;
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
+    assert_eq!(out.len(), 100_000_000);
+    assert_eq!(hex::encode(sha2::Sha256::digest(&out)), want);
+    eprintln!(
+        "exec stdout: 100 MB in {secs:.2}s = {:.0} MB/s",
+        100.0 / secs
+    );
+    pod.teardown().await
+}
+
+#[tokio::test]
+#[ignore = "crictl 1.26 reaches criusd only with the :authority fix of issue 9"]
+async fn fifty_concurrent_crictl_execs() -> Result<()> {
+    let pod = pod_with_busybox("runc").await?;
+    let id = pod.run("web", &["sleep", "1000"]).await?;
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let args: Vec<String> = [
+            "exec",
+            &id,
+            "sh",
+            "-c",
+            &format!("echo {i}; exit {}", i % 7),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let endpoint = pod.env.daemon.endpoint();
+        tasks.push(tokio::spawn(async move {
+            let out = tokio::process::Command::new(crictl())
+                .arg("--runtime-endpoint")
+                .arg(endpoint)
+                .arg("--timeout")
+                .arg("60s")
+                .args(&args)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .await
+                .unwrap();
+            (i, out)
+        }));
+    }
+    for t in tasks {
+        let (i, out) = t.await?;
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("{i}\n"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(i % 7));
+    }
+    pod.teardown().await
+}
+
+#[tokio::test]
+#[ignore = "crictl 1.26 reaches criusd only with the :authority fix of issue 9"]
+async fn a_killed_client_leaves_nothing_behind() -> Result<()> {
+    let pod = pod_with_busybox("runc").await?;
+    let id = pod.run("web", &["sleep", "1000"]).await?;
+    let daemon_pid = pod.env.daemon.pid().unwrap();
+    // One exec first so lazily opened fds (the streaming listener's, a pool) exist already.
+    let (code, _, _) = crictl_run(&pod, &["exec", &id, "true"], None).await?;
+    assert_eq!(code, 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fds_before = fd_count(daemon_pid);
+
+    let marker = ["sleep", "4242"];
+    let mut client = tokio::process::Command::new(crictl())
+        .arg("--runtime-endpoint")
+        .arg(pod.env.daemon.endpoint())
+        .args(["exec", &id])
+        .args(marker)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while processes_with_cmdline(&marker).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the exec never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client.kill().await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !processes_with_cmdline(&marker).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the exec'd process outlived its client"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Nothing left in criusd: fds back to where they were, no per-exec files.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while fd_count(daemon_pid) > fds_before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "criusd holds {} fds, {} before",
+            fd_count(daemon_pid),
+            fds_before
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let bundles = pod.env.daemon.state().join("containers").join(&id);
+    let left: Vec<_> = std::fs::read_dir(&bundles)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("stream-exec-"))
+        .collect();
+    assert!(left.is_empty(), "per-exec files left: {left:?}");
+    pod.teardown().await
+}
+
+/// One HTTP/1.0 GET through `addr`; returns the whole response.
+async fn http_get(addr: std::net::SocketAddr) -> Result<String> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").await?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out)).await??;
+    Ok(String::from_utf8_lossy(&out).to_string())
+}
+
+#[tokio::test]
+#[ignore = "crictl 1.26 reaches criusd only with the :authority fix of issue 9"]
+async fn crictl_port_forward_to_a_busybox_httpd() -> Result<()> {
+    let pod = pod_with_busybox("runc").await?;
+    pod.run(
+        "httpd",
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /www && echo hello-from-the-pod > /www/index.html && exec busybox httpd -f -p 8080 -h /www",
+        ],
+    )
+    .await?;
+    let local = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let mut fwd = tokio::process::Command::new(crictl())
+        .arg("--runtime-endpoint")
+        .arg(pod.env.daemon.endpoint())
+        .args([
+            "port-forward",
+            &pod.pod_id,
+            &format!("{}:8080", local.port()),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match http_get(local).await {
+            Ok(r) if r.contains("hello-from-the-pod") => break,
+            r => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "port-forward never served: {r:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let started = std::time::Instant::now();
+    for i in 0..1000 {
+        let r = http_get(local).await?;
+        assert!(r.contains("hello-from-the-pod"), "connection {i}: {r:?}");
+    }
+    eprintln!(
+        "port-forward: 1,000 sequential connections in {:.2}s",
+        started.elapsed().as_secs_f64()
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        tasks.push(tokio::spawn(http_get(local)));
+    }
+    for t in tasks {
+        let r = t.await??;
+        assert!(r.contains("hello-from-the-pod"), "{r:?}");
+    }
+    fwd.kill().await?;
+    pod.teardown().await
+}
+
+#[tokio::test]
+#[ignore = "crictl 1.26 reaches criusd only with the :authority fix of issue 9"]
+async fn crictl_exec_it_gets_a_terminal_of_the_clients_size() -> Result<()> {
+    let pod = pod_with_busybox("runc").await?;
+    let id = pod.run("web", &["sleep", "1000"]).await?;
+    // `script` gives crictl a pty of its own; crictl sends its size on the resize stream.
+    let inner = format!(
+        "stty cols 123 rows 45; {} --runtime-endpoint {} exec -it {id} sh -c 'tty; stty size; exit 5'",
+        crictl().display(),
+        pod.env.daemon.endpoint()
+    );
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("script")
+            .args(["-qefc", &inner, "/dev/null"])
+            .stdin(std::process::Stdio::null())
+            .output(),
+    )
+    .await??;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("/dev/pts/"),
+        "{text:?} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("45 123"), "{text:?}");
+    assert_eq!(out.status.code(), Some(5), "{text:?}");
+    pod.teardown().await
+}
