@@ -535,3 +535,494 @@ async fn crictl_exec_it_gets_a_terminal_of_the_clients_size() -> Result<()> {
     assert_eq!(out.status.code(), Some(5), "{text:?}");
     pod.teardown().await
 }
+
+/// A stand-in for the API server + kubelet path of `kubectl exec/port-forward`: GET of the
+/// pod object, then the exec/portforward subresource turned into the CRI call and the
+/// client's upgrade request proxied, untouched, to the URL crius returns (as the kubelet
+/// proxies it).
+struct ApiStandIn {
+    addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ApiStandIn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+const POD_NAME: &str = "web";
+
+impl ApiStandIn {
+    async fn start(pod: &Pod, container_id: &str) -> Result<ApiStandIn> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let rt = pod.env.daemon.runtime().await?;
+        let (pod_id, cid) = (pod.pod_id.clone(), container_id.to_string());
+        let task = tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                let (rt, pod_id, cid) = (rt.clone(), pod_id.clone(), cid.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = Self::serve(conn, rt, &pod_id, &cid).await {
+                        eprintln!("stand-in: {e:#}");
+                    }
+                });
+            }
+        });
+        Ok(ApiStandIn { addr, task })
+    }
+
+    async fn serve(
+        mut conn: tokio::net::TcpStream,
+        mut rt: k8s_cri::v1::runtime_service_client::RuntimeServiceClient<
+            tonic::transport::Channel,
+        >,
+        pod_id: &str,
+        cid: &str,
+    ) -> Result<()> {
+        loop {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if conn.read(&mut byte).await? == 0 {
+                    return Ok(());
+                }
+                head.push(byte[0]);
+                anyhow::ensure!(head.len() < 64 * 1024, "request head too large");
+            }
+            let text = String::from_utf8_lossy(&head).to_string();
+            let target = text.split(' ').nth(1).unwrap_or("").to_string();
+            let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+            let params: Vec<(String, String)> = query
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), percent_decode(v)))
+                .collect();
+            let flag = |k: &str| {
+                params
+                    .iter()
+                    .any(|(n, v)| n == k && (v == "true" || v == "1"))
+            };
+            let pod_path = format!("/api/v1/namespaces/default/pods/{POD_NAME}");
+            // Discovery, then the pod: what kubectl reads before it upgrades.
+            let body = match path {
+                "/api" => Some(serde_json::json!({
+                    "kind": "APIVersions", "versions": ["v1"],
+                    "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}],
+                })),
+                "/apis" => Some(
+                    serde_json::json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}),
+                ),
+                "/api/v1" => Some(serde_json::json!({
+                    "kind": "APIResourceList", "groupVersion": "v1",
+                    "resources": [
+                        {"name": "pods", "singularName": "pod", "namespaced": true, "kind": "Pod", "verbs": ["get", "list"], "shortNames": ["po"]},
+                        {"name": "pods/exec", "singularName": "", "namespaced": true, "kind": "PodExecOptions", "verbs": ["create", "get"]},
+                        {"name": "pods/attach", "singularName": "", "namespaced": true, "kind": "PodAttachOptions", "verbs": ["create", "get"]},
+                        {"name": "pods/portforward", "singularName": "", "namespaced": true, "kind": "PodPortForwardOptions", "verbs": ["create", "get"]},
+                    ],
+                })),
+                p if p == pod_path => Some(serde_json::json!({
+                    "kind": "Pod", "apiVersion": "v1",
+                    "metadata": {"name": POD_NAME, "namespace": "default", "uid": "pod-uid"},
+                    "spec": {"containers": [{"name": "web", "image": "busybox"}]},
+                    "status": {"phase": "Running"},
+                })),
+                _ => None,
+            };
+            let url = if let Some(body) = body {
+                let body = body.to_string();
+                conn.write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                )
+                .await?;
+                continue;
+            } else if path == format!("{pod_path}/exec") {
+                rt.exec(ExecRequest {
+                    container_id: cid.into(),
+                    cmd: params
+                        .iter()
+                        .filter(|(k, _)| k == "command")
+                        .map(|(_, v)| v.clone())
+                        .collect(),
+                    tty: flag("tty"),
+                    stdin: flag("stdin"),
+                    stdout: flag("stdout"),
+                    stderr: flag("stderr"),
+                })
+                .await?
+                .into_inner()
+                .url
+            } else if path == format!("{pod_path}/portforward") {
+                rt.port_forward(PortForwardRequest {
+                    pod_sandbox_id: pod_id.into(),
+                    port: vec![],
+                })
+                .await?
+                .into_inner()
+                .url
+            } else {
+                conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+                    .await?;
+                continue;
+            };
+            // Proxy the upgrade request to crius's URL, then bytes both ways.
+            let rest = url.strip_prefix("http://").unwrap();
+            let (host, upath) = rest.split_at(rest.find('/').unwrap());
+            let mut upstream = tokio::net::TcpStream::connect(host).await?;
+            // A proxy adds no Nagle delays of its own.
+            upstream.set_nodelay(true)?;
+            conn.set_nodelay(true)?;
+            let mut lines = text.split("\r\n");
+            let first = lines.next().unwrap();
+            let method = first.split(' ').next().unwrap();
+            let mut fwd = format!("{method} {upath} HTTP/1.1\r\n");
+            for l in lines.filter(|l| !l.is_empty()) {
+                if !l.to_ascii_lowercase().starts_with("host:") {
+                    fwd.push_str(l);
+                    fwd.push_str("\r\n");
+                }
+            }
+            fwd.push_str(&format!("Host: {host}\r\n\r\n"));
+            upstream.write_all(fwd.as_bytes()).await?;
+            let _ = tokio::io::copy_bidirectional(&mut conn, &mut upstream).await;
+            return Ok(());
+        }
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).to_string()
+}
+
+/// kubectl from PATH, made to speak SPDY (newer ones try WebSocket first).
+fn kubectl(api: &ApiStandIn) -> Option<tokio::process::Command> {
+    let bin = crius_config::find_in_path("kubectl")?;
+    let mut c = tokio::process::Command::new(bin);
+    c.env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")
+        .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false")
+        .env("KUBECONFIG", "/dev/null")
+        .arg("--server")
+        .arg(format!("http://{}", api.addr))
+        .arg("--namespace")
+        .arg("default")
+        .kill_on_drop(true);
+    Some(c)
+}
+
+async fn kubectl_run(
+    api: &ApiStandIn,
+    args: &[&str],
+    stdin: Option<Vec<u8>>,
+) -> Result<(i32, Vec<u8>, Vec<u8>)> {
+    let mut c = kubectl(api).expect("kubectl on PATH");
+    c.args(args)
+        .stdin(if stdin.is_some() {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn()?;
+    if let Some(data) = stdin {
+        let mut w = child.stdin.take().unwrap();
+        tokio::spawn(async move {
+            let _ = w.write_all(&data).await;
+        });
+    }
+    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output()).await??;
+    Ok((out.status.code().unwrap_or(-1), out.stdout, out.stderr))
+}
+
+#[tokio::test]
+async fn kubectl_exec_over_spdy() -> Result<()> {
+    if crius_config::find_in_path("kubectl").is_none() {
+        eprintln!("kubectl not on PATH: skipped");
+        return Ok(());
+    }
+    let pod = pod_with_busybox("runc").await?;
+    let id = pod.run("web", &["sleep", "1000"]).await?;
+    let api = ApiStandIn::start(&pod, &id).await?;
+
+    let (code, out, err) = kubectl_run(
+        &api,
+        &[
+            "exec",
+            POD_NAME,
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+        ],
+        None,
+    )
+    .await?;
+    let err = String::from_utf8_lossy(&err).to_string();
+    assert_eq!(String::from_utf8_lossy(&out), "out\n", "{err}");
+    assert!(err.contains("err\n"), "{err}");
+    assert_eq!(code, 3, "{err}");
+    let (code, out, err) = kubectl_run(&api, &["exec", POD_NAME, "--", "true"], None).await?;
+    assert_eq!(
+        (code, out.len()),
+        (0, 0),
+        "{}",
+        String::from_utf8_lossy(&err)
+    );
+    let (code, _, _) = kubectl_run(
+        &api,
+        &["exec", POD_NAME, "--", "sh", "-c", "kill -9 $$"],
+        None,
+    )
+    .await?;
+    assert_eq!(code, 137, "killed by SIGKILL");
+    let (code, _, err) =
+        kubectl_run(&api, &["exec", POD_NAME, "--", "/no/such/command"], None).await?;
+    assert_eq!(code, 127, "{}", String::from_utf8_lossy(&err));
+    let (code, out, err) = kubectl_run(
+        &api,
+        &["exec", "-i", POD_NAME, "--", "sh", "-c", "cat; echo done"],
+        Some(b"hello\nworld\n".to_vec()),
+    )
+    .await?;
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
+    assert_eq!(String::from_utf8_lossy(&out), "hello\nworld\ndone\n");
+    pod.teardown().await
+}
+
+macro_rules! need_kubectl {
+    () => {
+        if crius_config::find_in_path("kubectl").is_none() {
+            eprintln!("kubectl not on PATH: skipped");
+            return Ok(());
+        }
+    };
+}
+
+#[tokio::test]
+async fn kubectl_exec_carries_100_mb_intact_and_50_at_once() -> Result<()> {
+    use sha2::Digest;
+    need_kubectl!();
+    let pod = pod_with_busybox("runc").await?;
+    let id = pod.run("web", &["sleep", "1000"]).await?;
+    let api = ApiStandIn::start(&pod, &id).await?;
+    let r = pod
+        .exec(
+            &id,
+            &[
+                "sh",
+                "-c",
+                "head -c 100000000 /dev/urandom > /big && sha256sum /big",
+            ],
+            60,
+        )
+        .await?;
+    assert_eq!(r.exit_code, 0, "{}", String::from_utf8_lossy(&r.stderr));
+    let want = String::from_utf8_lossy(&r.stdout)
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    let started = std::time::Instant::now();
+    let (code, out, err) =
+        kubectl_run(&api, &["exec", POD_NAME, "--", "cat", "/big"], None).await?;
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
+    assert_eq!(out.len(), 100_000_000);
+    assert_eq!(hex::encode(sha2::Sha256::digest(&out)), want);
+    eprintln!(
+        "kubectl exec stdout: 100 MB in {secs:.2}s = {:.0} MB/s",
+        100.0 / secs
+    );
+
+    let api = std::sync::Arc::new(api);
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let api = api.clone();
+        tasks.push(tokio::spawn(async move {
+            let script = format!("echo {i}; exit {}", i % 7);
+            (
+                i,
+                kubectl_run(&api, &["exec", POD_NAME, "--", "sh", "-c", &script], None).await,
+            )
+        }));
+    }
+    for t in tasks {
+        let (i, r) = t.await?;
+        let (code, out, err) = r?;
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            format!("{i}\n"),
+            "{}",
+            String::from_utf8_lossy(&err)
+        );
+        assert_eq!(code, i % 7);
+    }
+    pod.teardown().await
+}
+
+#[tokio::test]
+async fn a_killed_kubectl_leaves_nothing_behind() -> Result<()> {
+    need_kubectl!();
+    let pod = pod_with_busybox("runc").await?;
+    let id = pod.run("web", &["sleep", "1000"]).await?;
+    let api = ApiStandIn::start(&pod, &id).await?;
+    let daemon_pid = pod.env.daemon.pid().unwrap();
+    let (code, _, _) = kubectl_run(&api, &["exec", POD_NAME, "--", "true"], None).await?;
+    assert_eq!(code, 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fds_before = fd_count(daemon_pid);
+
+    let marker = ["sleep", "4243"];
+    let mut client = kubectl(&api).unwrap();
+    let mut client = client
+        .args(["exec", POD_NAME, "--"])
+        .args(marker)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while processes_with_cmdline(&marker).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the exec never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client.kill().await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !processes_with_cmdline(&marker).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the exec'd process outlived its client"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while fd_count(daemon_pid) > fds_before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "criusd holds {} fds, {} before",
+            fd_count(daemon_pid),
+            fds_before
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let bundle = pod.env.daemon.state().join("containers").join(&id);
+    let left: Vec<_> = std::fs::read_dir(&bundle)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("stream-exec-"))
+        .collect();
+    assert!(left.is_empty(), "per-exec files left: {left:?}");
+    pod.teardown().await
+}
+
+#[tokio::test]
+async fn kubectl_exec_it_gets_a_terminal_of_its_size() -> Result<()> {
+    need_kubectl!();
+    let pod = pod_with_busybox("runc").await?;
+    let id = pod.run("web", &["sleep", "1000"]).await?;
+    let api = ApiStandIn::start(&pod, &id).await?;
+    let inner = format!(
+        "stty cols 123 rows 45; KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false KUBECONFIG=/dev/null kubectl --server http://{} exec -it {POD_NAME} -- sh -c 'tty; stty size; exit 5'",
+        api.addr
+    );
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("script")
+            .args(["-qefc", &inner, "/dev/null"])
+            .stdin(std::process::Stdio::null())
+            .output(),
+    )
+    .await??;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("/dev/pts/"),
+        "{text:?} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("45 123"), "{text:?}");
+    assert_eq!(out.status.code(), Some(5), "{text:?}");
+    pod.teardown().await
+}
+
+#[tokio::test]
+async fn kubectl_port_forward_to_a_busybox_httpd() -> Result<()> {
+    need_kubectl!();
+    let pod = pod_with_busybox("runc").await?;
+    let id = pod
+        .run(
+            "httpd",
+            &[
+                "sh",
+                "-c",
+                "mkdir -p /www && echo hello-from-the-pod > /www/index.html && exec busybox httpd -f -p 8080 -h /www",
+            ],
+        )
+        .await?;
+    let api = ApiStandIn::start(&pod, &id).await?;
+    let local = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let mut fwd = kubectl(&api).unwrap();
+    let _fwd = fwd
+        .args([
+            "port-forward",
+            &format!("pod/{POD_NAME}"),
+            &format!("{}:8080", local.port()),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match http_get(local).await {
+            Ok(r) if r.contains("hello-from-the-pod") => break,
+            r => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "port-forward never served: {r:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let started = std::time::Instant::now();
+    for i in 0..1000 {
+        let r = http_get(local).await?;
+        assert!(r.contains("hello-from-the-pod"), "connection {i}: {r:?}");
+    }
+    eprintln!(
+        "kubectl port-forward: 1,000 sequential connections in {:.2}s",
+        started.elapsed().as_secs_f64()
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        tasks.push(tokio::spawn(http_get(local)));
+    }
+    for t in tasks {
+        let r = t.await??;
+        assert!(r.contains("hello-from-the-pod"), "{r:?}");
+    }
+    pod.teardown().await
+}

@@ -23,6 +23,8 @@ use tokio::sync::mpsc;
 /// hold the pipes open).
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 const READ_CHUNK: usize = 32 * 1024;
+/// How long a TTY exec waits for the client's terminal size before starting.
+const FIRST_RESIZE_WAIT: Duration = Duration::from_millis(500);
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -148,84 +150,56 @@ async fn run_pipes(plan: ExecPlan, mut io: ExecIo) -> ExitStatus {
     }
 }
 
-/// A private directory for the console socket: only the runtime (root) may connect.
-struct ConsoleDir(PathBuf);
-
-impl ConsoleDir {
-    fn new() -> std::io::Result<ConsoleDir> {
-        use std::os::unix::fs::DirBuilderExt;
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("crius-tty-{}-{n}", std::process::id()));
-        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
-        Ok(ConsoleDir(dir))
-    }
-}
-
-impl Drop for ConsoleDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 async fn run_tty(plan: ExecPlan, mut io: ExecIo) -> ExitStatus {
     let files = ExecFiles::new(&plan.bundle);
     if let Err(e) = std::fs::write(&files.process, plan.process.to_string()) {
         return ExitStatus::Error(format!("writing {}: {e}", files.process.display()));
     }
-    let dir = match ConsoleDir::new() {
-        Ok(d) => d,
-        Err(e) => return ExitStatus::Error(format!("creating a console socket directory: {e}")),
+    let (master, slave) = match tty::open_pair() {
+        Ok(p) => p,
+        Err(e) => return ExitStatus::Error(format!("opening a pty: {e}")),
     };
-    let sock = dir.0.join("console.sock");
-    let listener = match tokio::net::UnixListener::bind(&sock) {
-        Ok(l) => l,
-        Err(e) => return ExitStatus::Error(format!("binding {}: {e}", sock.display())),
+    let master = match tty::Master::new(master) {
+        Ok(m) => Arc::new(m),
+        Err(e) => return ExitStatus::Error(format!("setting up the pty: {e}")),
     };
-    let mut child = match runtime_command(
-        &plan,
-        &files,
-        &["--console-socket".as_ref(), sock.as_os_str()],
-    )
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
+    // The client sends its size right after opening its streams: apply it before the
+    // runtime starts, which reads our size once at start (a SIGWINCH before its handler
+    // is installed would be lost).
+    if let Some(resize) = io.resize.as_mut()
+        && let Ok(Some(size)) = tokio::time::timeout(FIRST_RESIZE_WAIT, resize.recv()).await
     {
+        let _ = master.resize(size);
+    }
+    let stdio = || slave.try_clone().map(Stdio::from);
+    let (Ok(i), Ok(o), Ok(e)) = (stdio(), stdio(), stdio()) else {
+        return ExitStatus::Error("duplicating the pty".into());
+    };
+    let spawned = runtime_command(&plan, &files, &["--tty".as_ref()])
+        .stdin(i)
+        .stdout(o)
+        .stderr(e)
+        .spawn();
+    // Only the runtime holds the slave now: the master reads EOF once it is gone.
+    drop(slave);
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => return ExitStatus::Error(format!("running {}: {e}", plan.runtime.display())),
     };
-    let master = tokio::select! {
-        m = tty::receive_master(&listener) => m,
-        s = child.wait() => {
-            // The runtime failed before handing over a terminal.
-            let mut msg = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = e.read_to_string(&mut msg).await;
-            }
-            return match s {
-                Ok(s) => match exit_status(s, &files.log) {
-                    ExitStatus::Exited(c) if c == 127 || c == 126 => ExitStatus::Exited(c),
-                    _ => ExitStatus::Error(format!("exec failed: {}", msg.trim())),
-                },
-                Err(e) => ExitStatus::Error(e.to_string()),
-            };
-        }
-    };
-    drop(listener);
-    drop(dir);
-    let master = match master.and_then(tty::Master::new) {
-        Ok(m) => Arc::new(m),
-        Err(e) => {
-            kill_exec(&files.pid).await;
-            let _ = child.wait().await;
-            return ExitStatus::Error(format!("receiving the terminal: {e}"));
-        }
-    };
+    let runtime_pid = child.id();
     if let Some(mut resize) = io.resize.take() {
         let m = master.clone();
         tokio::spawn(async move {
             while let Some(size) = resize.recv().await {
-                let _ = m.resize(size);
+                if m.resize(size).is_ok()
+                    && let Some(pid) = runtime_pid
+                {
+                    // The runtime copies our size onto the container's pty on SIGWINCH.
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGWINCH,
+                    );
+                }
             }
         });
     }
@@ -265,7 +239,7 @@ async fn run_tty(plan: ExecPlan, mut io: ExecIo) -> ExitStatus {
         }
     };
     if let Some(mut t) = out {
-        // The master reads EIO once the last holder of the terminal is gone.
+        // The master reads EIO once the runtime, the last holder of the slave, is gone.
         if tokio::time::timeout(DRAIN_GRACE, &mut t).await.is_err() {
             t.abort();
         }

@@ -1,58 +1,20 @@
-//! The terminal of a TTY exec: the OCI runtime creates the pty inside the container and
-//! hands its master to criusd over a console socket (`--console-socket`); criusd then copies
-//! between the master and the session, and applies resize events to it.
+//! The terminal of a TTY exec. The OCI runtime, run in the foreground with a terminal of
+//! criusd's as its stdio, allocates the container's pty itself and copies between the two,
+//! resizing its pty when told (SIGWINCH) to the size of ours. (A console socket would hand
+//! the container's pty to criusd directly, but runc accepts one only with --detach, and a
+//! detached exec's exit code is lost to criusd's orphan reaper.)
 
 use std::io;
-use std::io::IoSliceMut;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::time::Duration;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
-use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 use tokio::io::unix::AsyncFd;
-use tokio::net::UnixListener;
 
 use crius_streaming::TermSize;
 
-/// How long the runtime may take to hand over the terminal.
-const CONSOLE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Waits for the runtime to connect to `listener` and send the pty master.
-pub async fn receive_master(listener: &UnixListener) -> io::Result<OwnedFd> {
-    let (stream, _) = tokio::time::timeout(CONSOLE_TIMEOUT, listener.accept())
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no terminal from the runtime"))??;
-    loop {
-        stream.readable().await?;
-        let r = stream.try_io(tokio::io::Interest::READABLE, || {
-            recv_fd(stream.as_raw_fd()).map_err(io::Error::from)
-        });
-        match r {
-            Ok(fd) => return Ok(fd),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-fn recv_fd(sock: RawFd) -> Result<OwnedFd, nix::Error> {
-    // The runtime sends the terminal's name as data and the fd as SCM_RIGHTS.
-    let mut name = [0u8; 4096];
-    let mut iov = [IoSliceMut::new(&mut name)];
-    let mut space = nix::cmsg_space!([RawFd; 1]);
-    let msg = recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
-    let mut got = None;
-    for c in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            for fd in fds {
-                // SAFETY: the kernel just installed this descriptor in our table for us.
-                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-                if got.is_none() {
-                    got = Some(owned);
-                }
-            }
-        }
-    }
-    got.ok_or(nix::Error::EBADMSG)
+/// A new pty pair: (master, slave).
+pub fn open_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let p = nix::pty::openpty(None, None)?;
+    Ok((p.master, p.slave))
 }
 
 /// The master, non-blocking, for async reads and writes.
