@@ -1026,3 +1026,160 @@ async fn kubectl_port_forward_to_a_busybox_httpd() -> Result<()> {
     }
     pod.teardown().await
 }
+
+#[tokio::test]
+async fn kubectl_port_forward_into_a_host_network_pod() -> Result<()> {
+    use k8s_cri::v1::{
+        LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
+    };
+    need_kubectl!();
+    let pod = pod_with("runc", |c| {
+        c.linux = Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: NamespaceMode::Node as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    })
+    .await?;
+    // A free port on the host, where the pod's httpd listens.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let script = format!(
+        "mkdir -p /www && echo hello-from-the-host-pod > /www/index.html && exec busybox httpd -f -p 127.0.0.1:{port} -h /www"
+    );
+    let id = pod.run("httpd", &["sh", "-c", &script]).await?;
+    let api = ApiStandIn::start(&pod, &id).await?;
+    let local = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let mut fwd = kubectl(&api).unwrap();
+    let _fwd = fwd
+        .args([
+            "port-forward",
+            &format!("pod/{POD_NAME}"),
+            &format!("{}:{port}", local.port()),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match http_get(local).await {
+            Ok(r) if r.contains("hello-from-the-host-pod") => break,
+            r => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "port-forward never served: {r:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    for i in 0..20 {
+        let r = http_get(local).await?;
+        assert!(
+            r.contains("hello-from-the-host-pod"),
+            "connection {i}: {r:?}"
+        );
+    }
+    pod.teardown().await
+}
+
+/// `hack/bench-streaming.sh` runs this: kubectl exec round trips, exec stdout and
+/// port-forward throughput, all through real SPDY clients.
+#[tokio::test]
+#[ignore = "a benchmark: run by hack/bench-streaming.sh"]
+async fn bench_streaming() -> Result<()> {
+    need_kubectl!();
+    let pod = pod_with_busybox("runc").await?;
+    let id = pod
+        .run(
+            "web",
+            &[
+                "sh",
+                "-c",
+                "mkdir -p /www && busybox httpd -p 9000 -h /www && exec sleep 100000",
+            ],
+        )
+        .await?;
+    let r = pod
+        .exec(
+            &id,
+            &["sh", "-c", "head -c 64000000 /dev/zero > /www/blob"],
+            60,
+        )
+        .await?;
+    assert_eq!(r.exit_code, 0, "{}", String::from_utf8_lossy(&r.stderr));
+    let api = ApiStandIn::start(&pod, &id).await?;
+    let mut rtts = Vec::new();
+    for _ in 0..50 {
+        let t = std::time::Instant::now();
+        let (code, _, err) = kubectl_run(&api, &["exec", POD_NAME, "--", "true"], None).await?;
+        assert_eq!(
+            code,
+            0,
+            "{}\n{}",
+            String::from_utf8_lossy(&err),
+            pod.env.daemon.log_tail(30)
+        );
+        rtts.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    rtts.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let p = |q: f64| rtts[((rtts.len() as f64 - 1.0) * q).round() as usize];
+    eprintln!(
+        "BENCH kubectl exec true round trip: p50 {:.1} ms, p99 {:.1} ms",
+        p(0.5),
+        p(0.99)
+    );
+    let t = std::time::Instant::now();
+    let (code, out, _) =
+        kubectl_run(&api, &["exec", POD_NAME, "--", "cat", "/www/blob"], None).await?;
+    assert_eq!((code, out.len()), (0, 64_000_000));
+    eprintln!(
+        "BENCH exec stdout: {:.0} MB/s",
+        64.0 / t.elapsed().as_secs_f64()
+    );
+    let local = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let mut fwd = kubectl(&api).unwrap();
+    let _fwd = fwd
+        .args([
+            "port-forward",
+            &format!("pod/{POD_NAME}"),
+            &format!("{}:9000", local.port()),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let got = loop {
+        let t = std::time::Instant::now();
+        if let Ok(mut s) = tokio::net::TcpStream::connect(local).await
+            && s.write_all(b"GET /blob HTTP/1.0\r\n\r\n").await.is_ok()
+        {
+            let mut n = 0usize;
+            let mut buf = vec![0u8; 1 << 16];
+            while let Ok(m) = s.read(&mut buf).await {
+                if m == 0 {
+                    break;
+                }
+                n += m;
+            }
+            if n >= 64_000_000 {
+                break t.elapsed().as_secs_f64();
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "port-forward never served the blob"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("BENCH port-forward: {:.0} MB/s", 64.0 / got);
+    pod.teardown().await
+}
