@@ -1183,3 +1183,60 @@ async fn bench_streaming() -> Result<()> {
     eprintln!("BENCH port-forward: {:.0} MB/s", 64.0 / got);
     pod.teardown().await
 }
+
+#[tokio::test]
+async fn the_streaming_server_speaks_tls_when_configured() -> Result<()> {
+    let certs = tempfile::tempdir()?;
+    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    let st = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()?;
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let config = format!(
+        "[streaming]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let pod = pod_with_config("runc", &config, |_| {}).await?;
+    let id = pod.run("web", &["sleep", "1000"]).await?;
+    let mut rt = pod.env.daemon.runtime().await?;
+    let url = rt.exec(exec_req(&id)).await?.into_inner().url;
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let curl = |url: String| async move {
+        let out = tokio::process::Command::new("curl")
+            .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"])
+            .arg(&url)
+            .output()
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(curl(url.clone()).await, "400", "over TLS, not an upgrade");
+    assert_eq!(curl(url.clone()).await, "404", "used once");
+    // Plain HTTP to the TLS port gets nowhere.
+    assert_ne!(
+        http_status("POST", &url.replace("https://", "http://"), false)
+            .await
+            .ok(),
+        Some(400)
+    );
+    pod.teardown().await
+}

@@ -51,6 +51,43 @@ struct Inner {
 /// The bound listener, until [`Streaming::serve`] runs it.
 pub struct Listener {
     tcp: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// The server side of TLS from a PEM certificate chain and key.
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor, StreamingError> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| StreamingError::Tls {
+            path: p.into(),
+            message: e.to_string(),
+        })
+    };
+    let bad = |p: &std::path::Path, m: String| StreamingError::Tls {
+        path: p.into(),
+        message: m,
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read(cert)?)
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(cert, format!("not a PEM certificate chain: {e}")))?;
+    if certs.is_empty() {
+        return Err(bad(cert, "no certificate in the file".into()));
+    }
+    let key_der = PrivateKeyDer::from_pem_slice(&read(key)?)
+        .map_err(|e| bad(key, format!("not a PEM private key: {e}")))?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(cert, e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .map_err(|e| bad(key, e.to_string()))?;
+    Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
 }
 
 impl Streaming {
@@ -60,12 +97,16 @@ impl Streaming {
             field: "streaming.address",
             message: format!("{:?} is not an IP address", cfg.address),
         })?;
-        if cfg.tls_cert.is_some() || cfg.tls_key.is_some() {
-            return Err(StreamingError::Config {
-                field: "streaming.tls_cert",
-                message: "TLS is not supported by this build yet".into(),
-            });
-        }
+        let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+            (Some(c), Some(k)) => Some(tls_acceptor(c, k)?),
+            (None, None) => None,
+            _ => {
+                return Err(StreamingError::Config {
+                    field: "streaming.tls_cert",
+                    message: "tls_cert and tls_key must be set together".into(),
+                });
+            }
+        };
         let addr = SocketAddr::new(ip, cfg.port);
         let tcp = TcpListener::bind(addr)
             .await
@@ -76,11 +117,14 @@ impl Streaming {
         let streaming = Streaming {
             inner: Arc::new(Inner {
                 tokens: Mutex::new(TokenCache::new(cfg.token_ttl.0)),
-                base_url: format!("http://{local_addr}"),
+                base_url: format!(
+                    "{}://{local_addr}",
+                    if tls.is_some() { "https" } else { "http" }
+                ),
                 local_addr,
             }),
         };
-        Ok((streaming, Listener { tcp }))
+        Ok((streaming, Listener { tcp, tls }))
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -130,24 +174,47 @@ impl Streaming {
             let _ = stream.set_nodelay(true);
             let this = self.clone();
             let handler = handler.clone();
+            let tls = listener.tls.clone();
             tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let this = this.clone();
-                    let handler = handler.clone();
-                    async move { Ok::<_, Infallible>(this.route(req, &*handler)) }
-                });
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_READ_TIMEOUT)
-                    .max_buf_size(MAX_HEAD_BYTES)
-                    .max_headers(MAX_HEADERS)
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .with_upgrades();
-                if let Err(e) = conn.await {
-                    tracing::debug!(%peer, error = %e, "streaming connection ended");
+                match tls {
+                    None => this.serve_conn(stream, handler, peer).await,
+                    Some(acceptor) => {
+                        // The handshake is bounded like the request head.
+                        match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(s)) => this.serve_conn(s, handler, peer).await,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "streaming TLS handshake failed")
+                            }
+                            Err(_) => tracing::debug!(%peer, "streaming TLS handshake timed out"),
+                        }
+                    }
                 }
                 drop(permit);
             });
+        }
+    }
+
+    async fn serve_conn<IO>(self, io: IO, handler: Arc<dyn UpgradeHandler>, peer: SocketAddr)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let this = self;
+        let svc = service_fn(move |req| {
+            let this = this.clone();
+            let handler = handler.clone();
+            async move { Ok::<_, Infallible>(this.route(req, &*handler)) }
+        });
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(MAX_HEAD_BYTES)
+            .max_headers(MAX_HEADERS)
+            .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades();
+        if let Err(e) = conn.await {
+            tracing::debug!(%peer, error = %e, "streaming connection ended");
         }
     }
 
