@@ -346,6 +346,154 @@ pub fn status_message(version: Version, status: &ExitStatus) -> Option<Bytes> {
 mod tests {
     use super::*;
 
+    use bytes::BytesMut;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use crate::backend::{BoxFuture, Connection};
+    use crate::spdy::frame::FLAG_FIN;
+    use crate::spdy::{Codec, Frame, Headers};
+
+    /// Echoes stdin to stdout, says hi on stderr, reports its resize events on stdout,
+    /// and exits with 3.
+    struct Fake;
+
+    impl Backend for Fake {
+        fn exec(&self, _p: ExecParams, mut io: ExecIo) -> BoxFuture<ExitStatus> {
+            Box::pin(async move {
+                if let Some(err) = &io.stderr {
+                    err.send(Bytes::from_static(b"hi")).await.unwrap();
+                }
+                if let (Some(r), Some(out)) = (io.resize.as_mut(), &io.stdout) {
+                    let s = r.recv().await.unwrap();
+                    out.send(Bytes::from(format!("{}x{};", s.width, s.height)))
+                        .await
+                        .unwrap();
+                }
+                if let (Some(i), Some(out)) = (io.stdin.as_mut(), &io.stdout) {
+                    while let Some(b) = i.recv().await {
+                        out.send(b).await.unwrap();
+                    }
+                }
+                ExitStatus::Exited(3)
+            })
+        }
+        fn attach(&self, p: AttachParams, _io: ExecIo) -> BoxFuture<ExitStatus> {
+            Box::pin(async move { ExitStatus::Error(format!("no attach to {}", p.container_id)) })
+        }
+        fn port_forward(
+            &self,
+            _: String,
+            _: u16,
+        ) -> BoxFuture<Result<Box<dyn Connection>, String>> {
+            Box::pin(async { Err("none".to_string()) })
+        }
+    }
+
+    /// Runs one exec session with a hand-written client; returns (stdout, stderr, error).
+    async fn session(version: Version, tty: bool) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let (a, mut b) = tokio::io::duplex(1 << 16);
+        let p = ExecParams {
+            container_id: "c".into(),
+            cmd: vec!["x".into()],
+            tty,
+            stdin: true,
+            stdout: true,
+            stderr: !tty,
+        };
+        let server = tokio::spawn(run(
+            Session::start(a).unwrap(),
+            version,
+            Target::Exec(p),
+            Arc::new(Fake),
+        ));
+        let mut c = Codec::new().unwrap();
+        let mut out = BytesMut::new();
+        let mut kinds = vec!["error", "stdin", "stdout"];
+        kinds.push(if tty { "resize" } else { "stderr" });
+        for (i, k) in kinds.iter().enumerate() {
+            c.encode(
+                &Frame::SynStream {
+                    stream_id: 2 * i as u32 + 1,
+                    associated_to: 0,
+                    priority: 0,
+                    flags: 0,
+                    headers: Headers::new().with("streamType", k),
+                },
+                &mut out,
+            )
+            .unwrap();
+        }
+        if tty {
+            c.encode(
+                &Frame::Data {
+                    stream_id: 7,
+                    flags: 0,
+                    data: Bytes::from_static(b"{\"Width\":80,\"Height\":24}\n"),
+                },
+                &mut out,
+            )
+            .unwrap();
+        }
+        for (flags, data) in [(0, &b"in"[..]), (FLAG_FIN, &b""[..])] {
+            c.encode(
+                &Frame::Data {
+                    stream_id: 3,
+                    flags,
+                    data: Bytes::copy_from_slice(data),
+                },
+                &mut out,
+            )
+            .unwrap();
+        }
+        b.write_all(&out).await.unwrap();
+        // The server closes the connection at the end of the session.
+        let mut raw = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(5), b.read_to_end(&mut raw))
+            .await
+            .expect("the session ends")
+            .unwrap();
+        server.await.unwrap();
+        let mut wire = BytesMut::from(&raw[..]);
+        let mut rx = Codec::new().unwrap();
+        let (mut o, mut e, mut err) = (Vec::new(), Vec::new(), Vec::new());
+        while let Some(f) = rx.decode(&mut wire).unwrap() {
+            if let Frame::Data {
+                stream_id, data, ..
+            } = f
+            {
+                match stream_id {
+                    1 => err.extend_from_slice(&data),
+                    5 => o.extend_from_slice(&data),
+                    7 => e.extend_from_slice(&data),
+                    _ => {}
+                }
+            }
+        }
+        (o, e, err)
+    }
+
+    #[tokio::test]
+    async fn v4_exec_carries_streams_and_a_json_exit_status() {
+        let (out, err, status) = session(Version::V4, false).await;
+        assert_eq!(out, b"in");
+        assert_eq!(err, b"hi");
+        let v: serde_json::Value = serde_json::from_slice(&status).unwrap();
+        assert_eq!(v["details"]["causes"][0]["message"], "3");
+    }
+
+    #[tokio::test]
+    async fn v2_reports_the_exit_as_text() {
+        let (out, _, status) = session(Version::V2, false).await;
+        assert_eq!(out, b"in");
+        assert!(String::from_utf8_lossy(&status).contains("exit status 3"));
+    }
+
+    #[tokio::test]
+    async fn v3_tty_sessions_carry_resize_events() {
+        let (out, _, _) = session(Version::V3, true).await;
+        assert_eq!(out, b"80x24;in");
+    }
+
     #[test]
     fn the_clients_order_wins_and_no_header_is_legacy() {
         let p = negotiate(
