@@ -1240,3 +1240,53 @@ async fn the_streaming_server_speaks_tls_when_configured() -> Result<()> {
     );
     pod.teardown().await
 }
+
+#[tokio::test]
+async fn hostile_streaming_clients_are_bounded() -> Result<()> {
+    let pod = pod_with_busybox("runc").await?;
+    let id = pod.run("web", &["sleep", "1000"]).await?;
+    let mut rt = pod.env.daemon.runtime().await?;
+
+    // A SPDY frame announcing 16 MiB after a real upgrade: the session ends at once, the
+    // server never buffers it.
+    let url = rt.exec(exec_req(&id)).await?.into_inner().url;
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut s = tokio::net::TcpStream::connect(host).await?;
+    s.write_all(
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\nContent-Length: 0\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut head = vec![0u8; 512];
+    let n = s.read(&mut head).await?;
+    assert!(
+        String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&head[..n])
+    );
+    s.write_all(b"\x00\x00\x00\x01\x00\xff\xff\xff").await?;
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+        .await
+        .expect("the server closes the session")?;
+    // GOAWAY (type 7) with PROTOCOL_ERROR before the close.
+    assert!(
+        rest.windows(4).any(|w| w == b"\x80\x03\x00\x07"),
+        "{rest:?}"
+    );
+
+    // Pending URLs are bounded: the 1,001st unused one is refused.
+    let mut last = Ok(());
+    for _ in 0..1001 {
+        if let Err(e) = rt.exec(exec_req(&id)).await {
+            last = Err(e);
+            break;
+        }
+    }
+    let e = last.expect_err("too many pending URLs");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    pod.teardown().await
+}
