@@ -1290,3 +1290,62 @@ async fn hostile_streaming_clients_are_bounded() -> Result<()> {
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     pod.teardown().await
 }
+
+#[tokio::test]
+async fn criusctl_exec_streams_stdin_tty_and_exit_codes() -> Result<()> {
+    let ctl = std::path::Path::new(common::CRIUSD).with_file_name("criusctl");
+    assert!(
+        ctl.exists(),
+        "{} not built: cargo build -p criusctl",
+        ctl.display()
+    );
+    let pod = pod_with_busybox("runc").await?;
+    let id = pod.run("web", &["sleep", "1000"]).await?;
+    let mut child = tokio::process::Command::new(&ctl)
+        .arg("--runtime-endpoint")
+        .arg(pod.env.daemon.socket())
+        .args([
+            "exec",
+            "--interactive",
+            &id,
+            "sh",
+            "-c",
+            "cat; echo err >&2; exit 4",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut w = child.stdin.take().unwrap();
+    w.write_all(b"streamed\n").await?;
+    drop(w);
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()).await??;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "streamed\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    assert_eq!(out.status.code(), Some(4));
+
+    let inner = format!(
+        "stty cols 77 rows 22; {} --runtime-endpoint {} exec --interactive -t {id} sh -c 'tty; stty size'",
+        ctl.display(),
+        pod.env.daemon.socket().display()
+    );
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("script")
+            .args(["-qefc", &inner, "/dev/null"])
+            .stdin(std::process::Stdio::null())
+            .output(),
+    )
+    .await??;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("/dev/pts/"), "{text:?}");
+    assert!(text.contains("22 77"), "{text:?}");
+    assert_eq!(out.status.code(), Some(0), "{text:?}");
+    pod.teardown().await
+}

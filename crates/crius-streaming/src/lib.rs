@@ -9,6 +9,7 @@
 //! concurrent connections, request header size and the time to send the request head.
 
 pub mod backend;
+pub mod client;
 mod error;
 pub mod portforward;
 pub mod remotecommand;

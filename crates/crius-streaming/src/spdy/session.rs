@@ -53,6 +53,8 @@ struct SendWindow {
 
 struct Shared {
     streams: Mutex<HashMap<u32, StreamState>>,
+    /// The next id of a stream this side opens (odd: the client's side).
+    next_id: std::sync::atomic::AtomicU32,
     out: mpsc::Sender<Frame>,
     /// The peer has shown it speaks flow control.
     flow_control: AtomicBool,
@@ -225,6 +227,7 @@ impl Session {
         let (acc_tx, acc_rx) = mpsc::channel(ACCEPT_QUEUE);
         let shared = Arc::new(Shared {
             streams: Mutex::new(HashMap::new()),
+            next_id: std::sync::atomic::AtomicU32::new(1),
             out: out_tx,
             flow_control: AtomicBool::new(false),
             initial_window: Mutex::new(DEFAULT_WINDOW),
@@ -266,6 +269,59 @@ impl Session {
             writer: Some(writer),
             gone: gone_rx,
         })
+    }
+
+    /// Opens a stream (the client's side of a session: odd ids, which a server-side session
+    /// never uses since only the client opens streams in the kubelet's protocols).
+    pub async fn open(&self, headers: Headers) -> Result<(StreamReader, StreamWriter), SpdyError> {
+        let stream_id = self.shared.next_id.fetch_add(2, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let budget = Arc::new(Semaphore::new(STREAM_BUFFER));
+        let send = Arc::new(SendWindow {
+            window: Mutex::new(
+                *self
+                    .shared
+                    .initial_window
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            ),
+            changed: Notify::new(),
+            reset: AtomicBool::new(false),
+        });
+        self.shared.streams().insert(
+            stream_id,
+            StreamState {
+                inbound: Some(tx),
+                remote_closed: false,
+                local_closed: false,
+                budget: budget.clone(),
+                send: send.clone(),
+            },
+        );
+        self.shared
+            .out
+            .send(Frame::SynStream {
+                stream_id,
+                associated_to: 0,
+                priority: 0,
+                flags: 0,
+                headers,
+            })
+            .await
+            .map_err(|_| closed("the session is closed"))?;
+        Ok((
+            StreamReader {
+                id: stream_id,
+                rx,
+                budget,
+                out: self.shared.out.clone(),
+            },
+            StreamWriter {
+                id: stream_id,
+                shared: self.shared.clone(),
+                send,
+            },
+        ))
     }
 
     /// The next stream the peer opens; `None` once the connection is gone.
