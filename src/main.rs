@@ -216,6 +216,9 @@ async fn run(config: Config) -> Result<()> {
     info!(socket = %config.listen.display(), "serving the CRI");
     let shutdown_timeout = config.shutdown_timeout.0;
     let socket = config.listen.clone();
+    let (streaming, streaming_listener) =
+        crius_streaming::Streaming::bind(&config.streaming).await?;
+    info!(address = %streaming.local_addr(), "streaming server listening");
     let ctx = Context::new(
         config,
         VersionInfo {
@@ -227,7 +230,8 @@ async fn run(config: Config) -> Result<()> {
         pods,
         containers,
         network,
-    );
+    )
+    .with_streaming(streaming, streaming_listener);
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(crius_server::serve(ctx, listener, async {

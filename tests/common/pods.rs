@@ -40,8 +40,17 @@ pub async fn pod_with_busybox(handler: &str) -> Result<Pod> {
 
 /// Like [`pod_with_busybox`], with the pod config adjusted by `adjust` first.
 pub async fn pod_with(handler: &str, adjust: impl FnOnce(&mut PodSandboxConfig)) -> Result<Pod> {
+    pod_with_config(handler, "", adjust).await
+}
+
+/// Like [`pod_with`], on a daemon whose config has `extra` appended.
+pub async fn pod_with_config(
+    handler: &str,
+    extra: &str,
+    adjust: impl FnOnce(&mut PodSandboxConfig),
+) -> Result<Pod> {
     prepare_runtime(handler);
-    let env = Env::start().await?;
+    let env = Env::start_with(extra).await?;
     push_image(
         &env.registry,
         "library/busybox",

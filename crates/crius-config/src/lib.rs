@@ -94,6 +94,8 @@ pub struct Config {
     /// Per-registry settings keyed by registry host (`docker.io`, `localhost:5000`, ...).
     pub registries: BTreeMap<String, RegistryHostConfig>,
     pub exec: ExecConfig,
+    /// The streaming server behind Exec, Attach and PortForward.
+    pub streaming: StreamingConfig,
 }
 
 /// Bounds on ExecSync: calls beyond them get ResourceExhausted.
@@ -207,6 +209,7 @@ impl Default for Config {
             runtimes: BTreeMap::new(),
             registries: BTreeMap::new(),
             exec: ExecConfig::default(),
+            streaming: StreamingConfig::default(),
         }
     }
 }
@@ -371,6 +374,7 @@ impl Config {
                 );
             }
         }
+        self.streaming.validate()?;
         Ok(())
     }
 
@@ -439,6 +443,61 @@ impl Default for RegistryHostConfig {
             mirror_credentials: false,
             token_realms: Vec::new(),
         }
+    }
+}
+
+/// The HTTP server the URLs of Exec, Attach and PortForward point to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamingConfig {
+    /// IP address to listen on; loopback by default, as only the kubelet (or crictl on the
+    /// node) should reach it.
+    pub address: String,
+    /// TCP port; 0 picks a free one.
+    pub port: u16,
+    /// PEM certificate chain and key: when both are set the server speaks HTTPS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// How long a URL stays valid if unused.
+    pub token_ttl: HumanDuration,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        StreamingConfig {
+            address: "127.0.0.1".into(),
+            port: 0,
+            tls_cert: None,
+            tls_key: None,
+            token_ttl: HumanDuration(Duration::from_secs(60)),
+        }
+    }
+}
+
+impl StreamingConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &str, message: String| {
+            Err(ConfigError::Invalid {
+                field: field.into(),
+                message,
+            })
+        };
+        if self.address.parse::<std::net::IpAddr>().is_err() {
+            return invalid(
+                "streaming.address",
+                format!("{:?} is not an IP address", self.address),
+            );
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return invalid(
+                "streaming.tls_cert",
+                "tls_cert and tls_key must be set together".into(),
+            );
+        }
+        if self.token_ttl.0.is_zero() {
+            return invalid("streaming.token_ttl", "must be greater than zero".into());
+        }
+        Ok(())
     }
 }
 
@@ -570,5 +629,23 @@ mod tests {
         let p = Path::new("/nonexistent/crius.toml");
         assert!(Config::load(p, false).is_ok());
         assert!(Config::load(p, true).is_err());
+    }
+
+    #[test]
+    fn streaming_defaults_and_checks() {
+        let c = parse("").unwrap();
+        assert_eq!(c.streaming.address, "127.0.0.1");
+        assert_eq!(c.streaming.port, 0);
+        assert_eq!(c.streaming.token_ttl.0, Duration::from_secs(60));
+        let c = parse("[streaming]\naddress = \"::1\"\nport = 10010\ntoken_ttl = \"30s\"").unwrap();
+        assert_eq!(c.streaming.port, 10010);
+        let err = parse("[streaming]\naddress = \"localhost\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("streaming.address"), "{err}");
+        let err = parse("[streaming]\ntls_cert = \"/c.pem\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("streaming.tls_cert"), "{err}");
     }
 }

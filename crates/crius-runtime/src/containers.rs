@@ -34,6 +34,9 @@ use crate::records::{RecordLocks, Save};
 use crate::rollback::Rollback;
 use crate::rootfs;
 
+mod stream_exec;
+pub use stream_exec::ExecPlan;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ContainerState {
     Created,

@@ -29,7 +29,7 @@ mod stats;
 
 pub use containers::{
     ContainerFilter, ContainerManager, ContainerManagerOptions, ContainerRecord, ContainerState,
-    ExecCancel, ExecLimits, ExecOutput, ImageInfo, signal_number,
+    ExecCancel, ExecLimits, ExecOutput, ExecPlan, ImageInfo, signal_number,
 };
 pub use error::RuntimeError;
 pub use events::{Event, EventBus, EventKind, Subscription};

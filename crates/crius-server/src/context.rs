@@ -21,6 +21,10 @@ pub struct Context {
     pub containers: Arc<ContainerManager>,
     pub network: Arc<CniNetwork>,
     pub stats: Arc<StatsCollector>,
+    /// Mints the URLs of Exec, Attach and PortForward; `None` until the daemon binds it.
+    pub streaming: Option<crius_streaming::Streaming>,
+    /// Its listener, until [`crate::serve`] starts serving it.
+    pub(crate) streaming_listener: std::sync::Mutex<Option<crius_streaming::Listener>>,
 }
 
 impl Context {
@@ -43,6 +47,19 @@ impl Context {
             containers,
             network,
             stats,
+            streaming: None,
+            streaming_listener: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The streaming server the URLs of Exec, Attach and PortForward point to.
+    pub fn with_streaming(
+        mut self,
+        streaming: crius_streaming::Streaming,
+        listener: crius_streaming::Listener,
+    ) -> Context {
+        self.streaming = Some(streaming);
+        self.streaming_listener = std::sync::Mutex::new(Some(listener));
+        self
     }
 }

@@ -11,6 +11,7 @@ pub mod status;
 
 mod image;
 mod runtime;
+mod streaming;
 
 use std::future::Future;
 
@@ -33,6 +34,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let ctx = std::sync::Arc::new(ctx);
+    // The streaming server lives as long as the CRI server; sessions end with the process.
+    let _streaming = streaming::spawn(&ctx).map(AbortOnDrop);
     let runtime = RuntimeServiceServer::new(runtime::Runtime::new(ctx.clone()))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
@@ -48,4 +51,12 @@ pub async fn serve(
         .add_service(internal)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

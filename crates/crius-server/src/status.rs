@@ -48,6 +48,19 @@ where
     }
 }
 
+/// A URL of the streaming server for `req`.
+pub fn streaming_url(
+    ctx: &crate::context::Context,
+    req: crius_streaming::StreamRequest,
+) -> Result<String, Status> {
+    let Some(streaming) = &ctx.streaming else {
+        return Err(Status::unavailable(
+            "the streaming server of crius is not running",
+        ));
+    };
+    streaming.url(req).map_err(to_status)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

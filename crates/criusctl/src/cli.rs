@@ -378,9 +378,16 @@ pub struct LogsArgs {
 
 #[derive(Debug, Args)]
 pub struct ExecArgs {
-    /// Use ExecSync (the only supported form; accepted for crictl compatibility)
+    /// Use ExecSync (the default unless -i or -t is given)
     #[arg(short, long)]
     pub sync: bool,
+    /// Stream stdin to the command (streaming Exec; long form only: -i is the global
+    /// --image-endpoint)
+    #[arg(long)]
+    pub interactive: bool,
+    /// Give the command a terminal (streaming Exec)
+    #[arg(short, long)]
+    pub tty: bool,
     /// Container id
     pub container: String,
     /// Command and its arguments

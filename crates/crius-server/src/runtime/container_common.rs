@@ -28,3 +28,51 @@ pub fn record_ids(c: &ContainerRecord) {
     span.record("container_id", c.id.as_str());
     span.record("pod_id", c.pod_id.as_str());
 }
+
+/// The container `id` (or unique prefix), refreshed, if it is running: what Exec and Attach
+/// need before they hand out a URL.
+pub async fn running_container(
+    ctx: &crate::context::Context,
+    id: &str,
+) -> Result<ContainerRecord, tonic::Status> {
+    let containers = ctx.containers.clone();
+    let id = id.to_string();
+    let c = crate::status::blocking(move || {
+        let found = containers.get(&id)?;
+        let c = containers.refresh(&found.id)?;
+        if c.state != State::Running {
+            return Err(crius_runtime::RuntimeError::WrongState {
+                id: c.id.clone(),
+                state: format!("{:?}", c.state),
+                wanted: "Running",
+            });
+        }
+        Ok(c)
+    })
+    .await?;
+    record_ids(&c);
+    Ok(c)
+}
+
+/// The streaming checks the kubelet makes: some stream must be asked for, and a TTY merges
+/// stderr into stdout so it cannot be asked for separately.
+pub fn check_streams(
+    tty: bool,
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+) -> Result<(), tonic::Status> {
+    if !(stdin || stdout || stderr) {
+        return Err(crate::status::invalid(
+            "stdin/stdout/stderr",
+            "one of stdin, stdout or stderr must be set",
+        ));
+    }
+    if tty && stderr {
+        return Err(crate::status::invalid(
+            "stderr",
+            "tty and stderr cannot both be set (a TTY merges stderr into stdout)",
+        ));
+    }
+    Ok(())
+}

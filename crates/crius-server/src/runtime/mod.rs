@@ -1,9 +1,11 @@
 //! `runtime.v1.RuntimeService`: one file per implemented RPC; the rest answer Unimplemented.
 
+mod attach;
 mod container_common;
 mod container_stats;
 mod container_status;
 mod create_container;
+mod exec;
 mod exec_sync;
 mod get_container_events;
 mod list_container_stats;
@@ -12,6 +14,7 @@ mod list_pod_sandbox;
 mod list_pod_sandbox_stats;
 mod pod_sandbox_stats;
 mod pod_sandbox_status;
+mod port_forward;
 mod remove_container;
 mod remove_pod_sandbox;
 mod reopen_container_log;
@@ -197,16 +200,22 @@ impl RuntimeService for Runtime {
             .map(Response::new)
     }
 
-    async fn exec(&self, _req: Request<ExecRequest>) -> R<ExecResponse> {
-        Err(unimplemented("Exec"))
+    async fn exec(&self, req: Request<ExecRequest>) -> R<ExecResponse> {
+        exec::handle(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
     }
 
-    async fn attach(&self, _req: Request<AttachRequest>) -> R<AttachResponse> {
-        Err(unimplemented("Attach"))
+    async fn attach(&self, req: Request<AttachRequest>) -> R<AttachResponse> {
+        attach::handle(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
     }
 
-    async fn port_forward(&self, _req: Request<PortForwardRequest>) -> R<PortForwardResponse> {
-        Err(unimplemented("PortForward"))
+    async fn port_forward(&self, req: Request<PortForwardRequest>) -> R<PortForwardResponse> {
+        port_forward::handle(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn container_stats(

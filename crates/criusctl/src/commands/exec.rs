@@ -1,5 +1,5 @@
-//! `criusctl exec`: ExecSync (the only form crius serves; streaming Exec is not
-//! implemented), the command's output passed through and its exit status returned.
+//! `criusctl exec`: ExecSync by default, the command's output passed through and its exit
+//! status returned; with `-i`/`-t` the streaming Exec over SPDY, as crictl does it.
 
 use std::io::Write as _;
 use std::time::Duration;
@@ -12,6 +12,9 @@ use crate::cli::ExecArgs;
 use crate::client::Context;
 
 pub async fn run(ctx: &Context, args: &ExecArgs, timeout: Option<Duration>) -> Result<()> {
+    if (args.interactive || args.tty) && !args.sync {
+        return super::exec_stream::run(ctx, args).await;
+    }
     let request = ExecSyncRequest {
         container_id: args.container.clone(),
         cmd: args.command.clone(),

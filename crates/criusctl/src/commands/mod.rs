@@ -4,6 +4,7 @@
 
 mod create;
 mod exec;
+mod exec_stream;
 mod imagefsinfo;
 mod images;
 mod info;

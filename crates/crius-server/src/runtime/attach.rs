@@ -1,0 +1,29 @@
+//! Attach: checks the container runs and the streams asked for make sense, then returns a
+//! single-use URL of the streaming server that joins the container's own stdio.
+
+use crius_streaming::{AttachParams, StreamRequest};
+use k8s_cri::v1::{AttachRequest, AttachResponse};
+use tonic::Status;
+
+use super::container_common::{check_streams, running_container};
+use crate::context::Context;
+use crate::status::{invalid, streaming_url};
+
+pub async fn handle(ctx: &Context, req: AttachRequest) -> Result<AttachResponse, Status> {
+    if req.container_id.is_empty() {
+        return Err(invalid("container_id", "must not be empty"));
+    }
+    check_streams(req.tty, req.stdin, req.stdout, req.stderr)?;
+    let c = running_container(ctx, &req.container_id).await?;
+    let url = streaming_url(
+        ctx,
+        StreamRequest::Attach(AttachParams {
+            container_id: c.id,
+            tty: req.tty,
+            stdin: req.stdin,
+            stdout: req.stdout,
+            stderr: req.stderr,
+        }),
+    )?;
+    Ok(AttachResponse { url })
+}
