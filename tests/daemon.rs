@@ -11,7 +11,9 @@ use anyhow::Result;
 use common::*;
 use crius_testkit::image;
 use crius_testkit::{Daemon, DaemonOptions, FaultMode, push_image};
-use k8s_cri::v1::{PortForwardRequest, RuntimeConfigRequest, StatusRequest, VersionRequest};
+use k8s_cri::v1::{
+    ListMetricDescriptorsRequest, RuntimeConfigRequest, StatusRequest, VersionRequest,
+};
 
 #[tokio::test]
 async fn version_status_and_runtime_config() -> Result<()> {
@@ -102,14 +104,21 @@ async fn rpcs_not_done_yet_answer_unimplemented_naming_the_rpc() -> Result<()> {
     let err = d
         .runtime()
         .await?
-        .port_forward(PortForwardRequest::default())
+        .list_metric_descriptors(ListMetricDescriptorsRequest::default())
         .await
         .expect_err("not implemented");
     assert_eq!(err.code(), tonic::Code::Unimplemented);
-    assert!(err.message().contains("PortForward"), "{}", err.message());
+    assert!(
+        err.message().contains("ListMetricDescriptors"),
+        "{}",
+        err.message()
+    );
     // The RPC is logged by the logging layer with its name and code.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(d.log().contains("PortForward"), "log mentions the RPC");
+    assert!(
+        d.log().contains("ListMetricDescriptors"),
+        "log mentions the RPC"
+    );
     Ok(())
 }
 

@@ -382,7 +382,7 @@ async fn fifty_concurrent_crictl_execs() -> Result<()> {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert_crictl_exit(out.status.code().unwrap_or(-1), &out.stderr, (i % 7) as i32);
+        assert_crictl_exit(out.status.code().unwrap_or(-1), &out.stderr, i % 7);
     }
     pod.teardown().await
 }
@@ -521,8 +521,10 @@ async fn crictl_exec_it_gets_a_terminal_of_the_clients_size() -> Result<()> {
     let pod = pod_with_busybox("runc").await?;
     let id = pod.run("web", &["sleep", "1000"]).await?;
     // `script` gives crictl a pty of its own; crictl sends its size on the resize stream.
+    // runc copies the size onto the container's terminal once it holds the console master,
+    // which can be just after the process starts: the command reads it a moment later.
     let inner = format!(
-        "stty cols 123 rows 45; {} --runtime-endpoint {} exec -it {id} sh -c 'tty; stty size; exit 5'",
+        "stty cols 123 rows 45; {} --runtime-endpoint {} exec -it {id} sh -c 'tty; sleep 1; stty size; exit 5'",
         crictl().display(),
         pod.env.daemon.endpoint()
     );
@@ -955,7 +957,7 @@ async fn kubectl_exec_it_gets_a_terminal_of_its_size() -> Result<()> {
     let id = pod.run("web", &["sleep", "1000"]).await?;
     let api = ApiStandIn::start(&pod, &id).await?;
     let inner = format!(
-        "stty cols 123 rows 45; KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false KUBECONFIG=/dev/null kubectl --server http://{} exec -it {POD_NAME} -- sh -c 'tty; stty size; exit 5'",
+        "stty cols 123 rows 45; KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false KUBECONFIG=/dev/null kubectl --server http://{} exec -it {POD_NAME} -- sh -c 'tty; sleep 1; stty size; exit 5'",
         api.addr
     );
     let out = tokio::time::timeout(
@@ -1341,7 +1343,7 @@ async fn criusctl_exec_streams_stdin_tty_and_exit_codes() -> Result<()> {
     assert_eq!(out.status.code(), Some(4));
 
     let inner = format!(
-        "stty cols 77 rows 22; {} --runtime-endpoint {} exec --interactive -t {id} sh -c 'tty; stty size'",
+        "stty cols 77 rows 22; {} --runtime-endpoint {} exec --interactive -t {id} sh -c 'tty; sleep 1; stty size'",
         ctl.display(),
         pod.env.daemon.socket().display()
     );

@@ -150,16 +150,7 @@ impl Pod {
     }
 
     pub async fn run(&self, name: &str, cmd: &[&str]) -> Result<String> {
-        let id = self.create(container(name, cmd)).await?;
-        self.env
-            .daemon
-            .runtime()
-            .await?
-            .start_container(StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await?;
-        Ok(id)
+        self.run_config(container(name, cmd)).await
     }
 
     /// The host pid of a container's init, from the verbose status.

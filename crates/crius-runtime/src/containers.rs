@@ -975,16 +975,13 @@ impl ContainerManager {
             .collect()
     }
 
-    /// Runs `cmd` in a running container and returns its output.
-    /// `cancel` lets the caller abandon the exec (its client went away): the call returns
-    /// at once and the monitor kills the process.
-    pub fn exec_sync(
+    /// The running container an exec of `cmd` goes into, and its OCI spec (whose process the
+    /// exec inherits: user, groups, env, cwd).
+    fn exec_target(
         &self,
         id: &str,
-        cmd: Vec<String>,
-        timeout: Duration,
-        cancel: &ExecCancel,
-    ) -> Result<ExecOutput, RuntimeError> {
+        cmd: &[String],
+    ) -> Result<(ContainerRecord, serde_json::Value), RuntimeError> {
         let c = self.refresh(&self.get(id)?.id)?;
         if c.state != ContainerState::Running {
             return Err(RuntimeError::WrongState {
@@ -996,11 +993,23 @@ impl ContainerManager {
         if cmd.is_empty() {
             return Err(invalid("cmd", "must not be empty"));
         }
-        let spec: serde_json::Value = serde_json::from_slice(
-            &fs::read(c.bundle.join("config.json"))
-                .map_err(io_err("reading", c.bundle.join("config.json")))?,
-        )
-        .map_err(|e| invalid("config.json", e.to_string()))?;
+        let path = c.bundle.join("config.json");
+        let spec = serde_json::from_slice(&fs::read(&path).map_err(io_err("reading", &path))?)
+            .map_err(|e| invalid("config.json", e.to_string()))?;
+        Ok((c, spec))
+    }
+
+    /// Runs `cmd` in a running container and returns its output.
+    /// `cancel` lets the caller abandon the exec (its client went away): the call returns
+    /// at once and the monitor kills the process.
+    pub fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout: Duration,
+        cancel: &ExecCancel,
+    ) -> Result<ExecOutput, RuntimeError> {
+        let (c, spec) = self.exec_target(id, &cmd)?;
         let process = &spec["process"];
         let user = crius_monitor::User {
             uid: process["user"]["uid"].as_u64().unwrap_or(0) as u32,

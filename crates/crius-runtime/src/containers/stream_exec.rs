@@ -6,11 +6,10 @@
 //! long as its client's connection to criusd, so nothing is gained by a process that
 //! survives criusd, and its stdio are the connection's pipes.
 
-use std::fs;
 use std::path::PathBuf;
 
-use super::{ContainerManager, ContainerState};
-use crate::error::{RuntimeError, invalid, io_err};
+use super::ContainerManager;
+use crate::error::RuntimeError;
 
 #[derive(Debug, Clone)]
 pub struct ExecPlan {
@@ -28,21 +27,7 @@ pub struct ExecPlan {
 impl ContainerManager {
     /// The plan to exec `cmd` in running container `id`.
     pub fn exec_plan(&self, id: &str, cmd: &[String], tty: bool) -> Result<ExecPlan, RuntimeError> {
-        let c = self.refresh(&self.get(id)?.id)?;
-        if c.state != ContainerState::Running {
-            return Err(RuntimeError::WrongState {
-                id: c.id.clone(),
-                state: format!("{:?}", c.state),
-                wanted: "Running",
-            });
-        }
-        if cmd.is_empty() {
-            return Err(invalid("cmd", "must not be empty"));
-        }
-        let path = c.bundle.join("config.json");
-        let spec: serde_json::Value =
-            serde_json::from_slice(&fs::read(&path).map_err(io_err("reading", &path))?)
-                .map_err(|e| invalid("config.json", e.to_string()))?;
+        let (c, spec) = self.exec_target(id, cmd)?;
         let p = &spec["process"];
         let mut user = serde_json::json!({
             "uid": p["user"]["uid"].as_u64().unwrap_or(0),

@@ -23,8 +23,10 @@ use tokio::sync::mpsc;
 /// hold the pipes open).
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 const READ_CHUNK: usize = 32 * 1024;
-/// How long a TTY exec waits for the client's terminal size before starting.
-const FIRST_RESIZE_WAIT: Duration = Duration::from_millis(500);
+/// How long a TTY exec waits for the client's terminal size before starting. Clients that
+/// speak a resize stream send the size right after the streams are up; on a loaded node that
+/// took more than 500 ms, and the process started with a 0x0 terminal.
+const FIRST_RESIZE_WAIT: Duration = Duration::from_secs(2);
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
