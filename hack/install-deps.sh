@@ -21,6 +21,7 @@ packages=(
   etcd-server          # tests/overlay.rs: crius-overlay's etcd backend
   libprotobuf-dev      # etcd-client build.rs: google/protobuf/*.proto well-known types
   iperf3               # hack/bench-overlay.sh
+  curl                 # tests/streaming.rs: the streaming server over TLS
 )
 
 if [[ $(id -u) -ne 0 ]]; then
