@@ -195,15 +195,10 @@ async fn crictl_version_info_and_images() -> Result<()> {
 async fn crictl_pull_with_credentials() -> Result<()> {
     let registry = Registry::start_tls_basic_auth("crius", "s3cret")?;
     push_image(&registry, "private/busybox", "v1", &image::busybox_image()).await?;
-    // The registry serves a private name through a TLS mirror that is trusted with the
-    // credentials, as a real private registry.
-    let config = format!(
-        "{}mirror_credentials = true\n",
-        registry.mirror_toml("registry.example.test")
-    );
-    let daemon = Daemon::start(DaemonOptions::new(CRIUSD).config(config)).await?;
+    // Pulled by its own loopback address: with a CA configured it is spoken to over HTTPS.
+    let daemon = Daemon::start(DaemonOptions::new(CRIUSD).config(registry.direct_toml())).await?;
     let crictl = Crictl::new(&daemon)?;
-    let reference = "registry.example.test/private/busybox:v1";
+    let reference = &registry.image_ref("private/busybox", "v1");
 
     let err = crictl.fails(&["pull", reference]).await?;
     assert!(

@@ -80,6 +80,9 @@ struct HostEntry {
     /// (origin, path prefix, may receive credentials) of each mirror.
     mirrors: Vec<(String, String, bool)>,
     insecure: bool,
+    /// TLS settings are configured for it (a CA, a client certificate, skip_verify): it
+    /// speaks HTTPS even on a loopback address.
+    tls: bool,
     fallback_to_upstream: bool,
     /// Token hosts besides the registry's own that may receive credentials.
     token_realms: Vec<String>,
@@ -297,6 +300,7 @@ impl Client {
                 HostEntry {
                     mirrors,
                     insecure: cfg.insecure,
+                    tls: cfg.ca_file.is_some() || cfg.client_cert.is_some() || cfg.skip_verify,
                     fallback_to_upstream: cfg.fallback_to_upstream,
                     token_realms: cfg
                         .token_realms
@@ -362,7 +366,9 @@ impl Client {
             .unwrap_or_default();
         // Without mirrors there is nothing else to try, whatever fallback_to_upstream says.
         if entry.is_none_or(|e| e.fallback_to_upstream || e.mirrors.is_empty()) {
-            let scheme = if entry.is_some_and(|e| e.insecure) || is_loopback(&key) {
+            let scheme = if entry.is_some_and(|e| e.insecure)
+                || (is_loopback(&key) && !entry.is_some_and(|e| e.tls))
+            {
                 "http"
             } else {
                 "https"

@@ -794,6 +794,13 @@ fn endpoints_follow_config() {
                 ..Default::default()
             },
         ),
+        (
+            "127.0.0.1:5443".into(),
+            RegistryHostConfig {
+                skip_verify: true,
+                ..Default::default()
+            },
+        ),
     ]);
     assert_eq!(
         eps(&c, "busybox"),
@@ -809,6 +816,11 @@ fn endpoints_follow_config() {
     assert_eq!(
         eps(&c, "127.0.0.1/x"),
         vec!["http://127.0.0.1/v2/R/manifests/t"]
+    );
+    // A loopback registry configured with TLS settings speaks HTTPS.
+    assert_eq!(
+        eps(&c, "127.0.0.1:5443/x"),
+        vec!["https://127.0.0.1:5443/v2/R/manifests/t"]
     );
     assert_eq!(
         eps(&c, "[::1]:5000/x"),
