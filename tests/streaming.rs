@@ -399,7 +399,7 @@ async fn a_killed_client_leaves_nothing_behind() -> Result<()> {
     let fds_before = fd_count(daemon_pid);
 
     let marker = ["sleep", "4242"];
-    let mut client = tokio::process::Command::new(crictl())
+    let client = tokio::process::Command::new(crictl())
         .arg("--runtime-endpoint")
         .arg(pod.env.daemon.endpoint())
         .args(["exec", &id])
@@ -409,41 +409,7 @@ async fn a_killed_client_leaves_nothing_behind() -> Result<()> {
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while processes_with_cmdline(&marker).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the exec never started"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    client.kill().await?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !processes_with_cmdline(&marker).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the exec'd process outlived its client"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // Nothing left in criusd: fds back to where they were, no per-exec files.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while fd_count(daemon_pid) > fds_before {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "criusd holds {} fds, {} before",
-            fd_count(daemon_pid),
-            fds_before
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let bundles = pod.env.daemon.state().join("containers").join(&id);
-    let left: Vec<_> = std::fs::read_dir(&bundles)?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|n| n.starts_with("stream-exec-"))
-        .collect();
-    assert!(left.is_empty(), "per-exec files left: {left:?}");
+    kill_client_and_check_nothing_left(&pod, &id, fds_before, &marker, client).await?;
     pod.teardown().await
 }
 
@@ -906,47 +872,14 @@ async fn a_killed_kubectl_leaves_nothing_behind() -> Result<()> {
 
     let marker = ["sleep", "4243"];
     let mut client = kubectl(&api).unwrap();
-    let mut client = client
+    let client = client
         .args(["exec", POD_NAME, "--"])
         .args(marker)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while processes_with_cmdline(&marker).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the exec never started"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    client.kill().await?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !processes_with_cmdline(&marker).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the exec'd process outlived its client"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while fd_count(daemon_pid) > fds_before {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "criusd holds {} fds, {} before",
-            fd_count(daemon_pid),
-            fds_before
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let bundle = pod.env.daemon.state().join("containers").join(&id);
-    let left: Vec<_> = std::fs::read_dir(&bundle)?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|n| n.starts_with("stream-exec-"))
-        .collect();
-    assert!(left.is_empty(), "per-exec files left: {left:?}");
+    kill_client_and_check_nothing_left(&pod, &id, fds_before, &marker, client).await?;
     pod.teardown().await
 }
 
@@ -1360,4 +1293,51 @@ async fn criusctl_exec_streams_stdin_tty_and_exit_codes() -> Result<()> {
     assert!(text.contains("22 77"), "{text:?}");
     assert_eq!(out.status.code(), Some(0), "{text:?}");
     pod.teardown().await
+}
+
+/// Waits until the exec of `marker` runs, kills its client, then checks that nothing of the
+/// exec is left: the process, criusd's fds (back to `fds_before`), the per-exec files.
+async fn kill_client_and_check_nothing_left(
+    pod: &Pod,
+    id: &str,
+    fds_before: usize,
+    marker: &[&str],
+    mut client: tokio::process::Child,
+) -> Result<()> {
+    let daemon_pid = pod.env.daemon.pid().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while processes_with_cmdline(marker).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the exec never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client.kill().await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !processes_with_cmdline(marker).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the exec'd process outlived its client"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while fd_count(daemon_pid) > fds_before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "criusd holds {} fds, {} before",
+            fd_count(daemon_pid),
+            fds_before
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let bundle = pod.env.daemon.state().join("containers").join(id);
+    let left: Vec<_> = std::fs::read_dir(&bundle)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("stream-exec-"))
+        .collect();
+    assert!(left.is_empty(), "per-exec files left: {left:?}");
+    Ok(())
 }
