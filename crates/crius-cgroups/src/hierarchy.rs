@@ -32,12 +32,12 @@ impl Hierarchy {
             let mut post = post.split(' ');
             let (fs_type, _source, options) = (post.next(), post.next(), post.next());
             match fs_type {
-                Some("cgroup2") => h.v2 = Some(unescape(mount_point)),
+                Some("cgroup2") => h.v2 = Some(unescape(mount_point).into()),
                 Some("cgroup") => {
                     for opt in options.unwrap_or_default().split(',') {
                         if KNOWN_V1.contains(&opt) {
                             h.v1.entry(opt.to_string())
-                                .or_insert_with(|| unescape(mount_point));
+                                .or_insert_with(|| unescape(mount_point).into());
                         }
                     }
                 }
@@ -86,26 +86,24 @@ const KNOWN_V1: &[&str] = &[
     "cpu", "cpuacct", "cpuset", "memory", "pids", "blkio", "devices", "freezer", "hugetlb",
 ];
 
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape(s: &str) -> PathBuf {
-    let mut out = Vec::with_capacity(s.len());
+/// A mountinfo field: the kernel escapes space, tab, newline and backslash as `\ooo`.
+pub fn unescape(s: &str) -> String {
     let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'\\'
             && i + 3 < b.len()
             && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
         {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
             out.push(b[i]);
             i += 1;
         }
     }
-    use std::os::unix::ffi::OsStringExt;
-    PathBuf::from(std::ffi::OsString::from_vec(out))
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

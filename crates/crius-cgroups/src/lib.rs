@@ -6,5 +6,5 @@ mod hierarchy;
 pub mod net;
 mod stats;
 
-pub use hierarchy::Hierarchy;
+pub use hierarchy::{Hierarchy, unescape as unescape_mountinfo};
 pub use stats::{CgroupStats, MemoryStats, read_stats};

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use crius_cgroups::unescape_mountinfo as unescape;
+
 /// Mount points of our mount namespace, unescaped (`\040` → space).
 pub(crate) fn mount_points() -> std::io::Result<Vec<PathBuf>> {
     let text = std::fs::read_to_string("/proc/self/mountinfo")?;
@@ -10,26 +12,6 @@ pub(crate) fn mount_points() -> std::io::Result<Vec<PathBuf>> {
         .filter_map(|line| line.split(' ').nth(4))
         .map(|p| PathBuf::from(unescape(p)))
         .collect())
-}
-
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// State letter and start time (clock ticks since boot) of `pid`, or None if it is gone.
