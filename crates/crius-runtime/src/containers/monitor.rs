@@ -1,0 +1,135 @@
+//! Supervision of the pod monitor that owns every container process: connecting to it,
+//! timeouts, exit watching and orphans left by a monitor that died.
+
+use super::*;
+
+/// Bounds every call to a pod monitor: above the monitor's own limit for a runtime command
+/// (120 s), so the monitor reports a stuck runtime itself; only a hung monitor hits this.
+pub(super) const MONITOR_CALL_TIMEOUT: Duration = Duration::from_secs(130);
+/// The monitor answers `state` from memory: a refresh waits no longer than this.
+pub(super) const STATE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A failed monitor call; a call that timed out is DeadlineExceeded.
+pub(super) fn monitor_failed(id: &str, op: &'static str, e: std::io::Error) -> RuntimeError {
+    if matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    ) {
+        return RuntimeError::MonitorTimeout { id: id.into(), op };
+    }
+    RuntimeError::Monitor {
+        id: id.into(),
+        op,
+        message: e.to_string(),
+    }
+}
+
+impl ContainerManager {
+    /// Starts noticing exits as they are recorded (see [`crate::exit_watch`]), for the pods
+    /// that exist now and every one that gets a container later.
+    pub fn watch_exits(self: &Arc<Self>) -> std::io::Result<()> {
+        self.exit_watch.start(Arc::downgrade(self))?;
+        for pod in self.pods.list(&crate::pods::PodFilter::default()) {
+            let dir = Self::exit_dir(&pod);
+            if dir.is_dir() {
+                self.exit_watch.add(&dir);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn monitor_socket(&self, pod: &PodRecord) -> PathBuf {
+        self.opts
+            .monitor_socket_dir
+            .join(format!("{}.sock", &pod.id[..pod.id.len().min(16)]))
+    }
+
+    pub(super) fn exit_dir(pod: &PodRecord) -> PathBuf {
+        pod.dir.join("exits")
+    }
+
+    /// The pod's monitor, started on first use, and started again if it died.
+    pub(super) fn monitor(&self, pod: &PodRecord) -> Result<MonitorClient, RuntimeError> {
+        let client = self.monitor_unbounded(pod)?;
+        client
+            .set_timeout(Some(MONITOR_CALL_TIMEOUT))
+            .map_err(io_err("setting a timeout on", self.monitor_socket(pod)))?;
+        Ok(client)
+    }
+
+    pub(super) fn monitor_unbounded(&self, pod: &PodRecord) -> Result<MonitorClient, RuntimeError> {
+        let socket = self.monitor_socket(pod);
+        if let Ok(c) = MonitorClient::connect(&socket) {
+            return Ok(c);
+        }
+        // One (re)start per pod at a time: two monitors must not race for the socket.
+        let _guard = self.locks.lock(&format!("monitor/{}", pod.id));
+        if let Ok(c) = MonitorClient::connect(&socket) {
+            return Ok(c);
+        }
+        let dir = pod.dir.join("monitor");
+        create_dir_all(&dir, 0o700)?;
+        crius_monitor::spawn_detached(&self.opts.monitor_binary, &pod.id, &dir, &socket).map_err(
+            io_err("starting the pod monitor", &self.opts.monitor_binary),
+        )?;
+        let client = MonitorClient::connect(&socket)
+            .map_err(io_err("connecting to the pod monitor", &socket))?;
+        self.stop_orphans(pod)?;
+        Ok(client)
+    }
+
+    /// Whether the pod's running monitor owns container `id` (and so will record its exit).
+    /// Asked only once the container's process is gone without an exit file.
+    pub(super) fn monitor_knows(&self, pod: &PodRecord, id: &str) -> bool {
+        MonitorClient::connect(&self.monitor_socket(pod))
+            .and_then(|mut m| {
+                // A status refresh must not hang on a hung monitor.
+                m.set_timeout(Some(STATE_CALL_TIMEOUT))?;
+                m.state()
+            })
+            .is_ok_and(|list| list.iter().any(|s| s.id == id))
+    }
+
+    /// Containers a dead monitor left behind: nothing reads their output (their next write
+    /// fails) and nothing would record their exit, so they are killed and reported exited,
+    /// as containerd does when a shim dies. The kubelet then restarts them per policy.
+    pub(super) fn stop_orphans(&self, pod: &PodRecord) -> Result<(), RuntimeError> {
+        let orphans: Vec<ContainerRecord> = self
+            .lock()
+            .values()
+            .filter(|c| c.pod_id == pod.id && c.state != ContainerState::Exited)
+            .cloned()
+            .collect();
+        for mut c in orphans {
+            if Self::exit_dir(pod).join(&c.id).exists() {
+                continue; // the old monitor recorded the exit: refresh reads it
+            }
+            let alive = c.pid > 0 && crius_proc::alive(c.pid);
+            if alive || c.state == ContainerState::Created {
+                // The new monitor does not know the container: the runtime kills it directly.
+                let _ = self.oci_runtime(&c)?.kill(&c.id, Signal::SIGKILL, true);
+                let gone = crius_proc::poll_until(
+                    Duration::from_secs(5),
+                    Duration::from_millis(20),
+                    || Ok::<_, RuntimeError>(!crius_proc::alive(c.pid)),
+                )?;
+                if !gone {
+                    // Never report a container exited while its process still runs.
+                    return Err(RuntimeError::Monitor {
+                        id: c.id.clone(),
+                        op: "stop",
+                        message: "a container left by a dead monitor survived SIGKILL".into(),
+                    });
+                }
+            }
+            if alive {
+                mark_lost(&mut c, 137, "Error", "crius stopped it");
+            } else {
+                mark_lost(&mut c, 255, "Unknown", "its exit status is unknown");
+            }
+            warn!(container_id = %c.id, pod_id = %pod.id, "the pod's monitor died: container marked exited");
+            self.save(&c)?;
+        }
+        Ok(())
+    }
+}
