@@ -166,22 +166,21 @@ async fn run(config: Config) -> Result<()> {
         },
     );
 
-    let network = Arc::new(CniNetwork {
-        manager: CniManager::new(cni_options(&config)),
-        pod_cidr: Default::default(),
-    });
+    let network = Arc::new(CniNetwork::new(CniManager::new(cni_options(&config))));
     if config.network.write_default_config
         && let Err(e) = default_network::write_if_missing(&config.network.conf_dir)
     {
         warn!(error = %e, dir = %config.network.conf_dir.display(), "could not write the default network config");
     }
+    // Runtime handlers are found once: Status and every pod and container use this set.
+    let handlers = config.runtime_handlers();
     let pods = Arc::new(
         tokio::task::spawn_blocking({
             let opts = PodManagerOptions {
                 records_dir: config.root.join("pods"),
                 state_dir: config.state.clone(),
-                handlers: config.runtime_handlers(),
-                default_handler: config.default_runtime_handler(),
+                default_handler: config.default_runtime_handler_of(&handlers),
+                handlers: handlers.clone(),
             };
             let network = network.clone();
             move || PodManager::open(opts, Arc::new(HostSandboxOps), network)
@@ -197,7 +196,7 @@ async fn run(config: Config) -> Result<()> {
                 runtime_root: config.state.join("runtime"),
                 monitor_binary: crius_sandbox::helper_path("crius-monitor"),
                 monitor_socket_dir: config.state.join("m"),
-                handlers: config.runtime_handlers(),
+                handlers,
             };
             let pods = pods.clone();
             move || ContainerManager::open(opts, pods)

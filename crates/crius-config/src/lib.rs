@@ -395,7 +395,14 @@ impl Config {
 
     /// The handler used for `""`: configured, else crun, else runc.
     pub fn default_runtime_handler(&self) -> Option<String> {
-        let handlers = self.runtime_handlers();
+        self.default_runtime_handler_of(&self.runtime_handlers())
+    }
+
+    /// [`Config::default_runtime_handler`] among `handlers` already found.
+    pub fn default_runtime_handler_of(
+        &self,
+        handlers: &BTreeMap<String, PathBuf>,
+    ) -> Option<String> {
         match &self.default_runtime {
             Some(d) => Some(d.clone()),
             None => ["crun", "runc"]

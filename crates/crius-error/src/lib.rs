@@ -56,6 +56,18 @@ impl ErrorKind {
         }
     }
 
+    /// The kind for an I/O error on a path of crius's own (state, records, layers): only
+    /// running out of space or time means something to the caller; anything else is
+    /// Internal (a missing state file is not the client's NotFound).
+    pub fn from_internal_io(err: &std::io::Error) -> ErrorKind {
+        use std::io::ErrorKind as Io;
+        match err.kind() {
+            Io::TimedOut => ErrorKind::DeadlineExceeded,
+            Io::StorageFull | Io::QuotaExceeded => ErrorKind::ResourceExhausted,
+            _ => ErrorKind::Internal,
+        }
+    }
+
     /// The kind for an I/O error: a few errno values mean something to the caller.
     pub fn from_io(err: &std::io::Error) -> ErrorKind {
         use std::io::ErrorKind as Io;

@@ -173,6 +173,10 @@ pub enum ErrorCode {
     FailedPrecondition,
     /// The OCI runtime command failed; the message holds its output.
     Runtime,
+    /// No space (or quota) left for what the request needed to write.
+    ResourceExhausted,
+    /// The OCI runtime command did not finish in time and was killed.
+    DeadlineExceeded,
     Internal,
 }
 
@@ -184,6 +188,8 @@ impl ErrorCode {
             ErrorCode::AlreadyExists => "already_exists",
             ErrorCode::FailedPrecondition => "failed_precondition",
             ErrorCode::Runtime => "runtime",
+            ErrorCode::ResourceExhausted => "resource_exhausted",
+            ErrorCode::DeadlineExceeded => "deadline_exceeded",
             ErrorCode::Internal => "internal",
         }
     }
@@ -195,6 +201,8 @@ impl ErrorCode {
             b"already_exists" => ErrorCode::AlreadyExists,
             b"failed_precondition" => ErrorCode::FailedPrecondition,
             b"runtime" => ErrorCode::Runtime,
+            b"resource_exhausted" => ErrorCode::ResourceExhausted,
+            b"deadline_exceeded" => ErrorCode::DeadlineExceeded,
             _ => ErrorCode::Internal,
         }
     }

@@ -17,6 +17,14 @@ pub enum RuntimeError {
         pod_id: String,
         source: SandboxError,
     },
+    #[error("config.image.image: image {name:?} is not present (pull it first)")]
+    ImageNotFound { name: String },
+    #[error("config.image.image: image {name:?}: {message}")]
+    Image {
+        name: String,
+        kind: ErrorKind,
+        message: String,
+    },
     #[error("container {id:?} not found")]
     ContainerNotFound { id: String },
     #[error("pod sandbox {id} is not ready")]
@@ -38,6 +46,8 @@ pub enum RuntimeError {
     Monitor {
         id: String,
         op: &'static str,
+        /// What the monitor's error code (or the failure to reach it) means to the caller.
+        kind: ErrorKind,
         message: String,
     },
     #[error("container {id}: {op}: the pod's monitor did not answer in time")]
@@ -80,21 +90,24 @@ impl HasKind for RuntimeError {
             RuntimeError::Invalid { .. } | RuntimeError::Ambiguous { .. } => {
                 ErrorKind::InvalidArgument
             }
-            RuntimeError::PodNotFound { .. } | RuntimeError::ContainerNotFound { .. } => {
-                ErrorKind::NotFound
-            }
+            RuntimeError::PodNotFound { .. }
+            | RuntimeError::ContainerNotFound { .. }
+            | RuntimeError::ImageNotFound { .. } => ErrorKind::NotFound,
             RuntimeError::NotReady { .. }
             | RuntimeError::WrongState { .. }
             | RuntimeError::Propagation { .. } => ErrorKind::FailedPrecondition,
+            RuntimeError::Image { kind, .. } => *kind,
             RuntimeError::NameInUse { .. } => ErrorKind::AlreadyExists,
             RuntimeError::Spec { source, .. } => source.kind(),
-            RuntimeError::Monitor { .. } => ErrorKind::Internal,
+            RuntimeError::Monitor { kind, .. } => *kind,
             RuntimeError::MonitorTimeout { .. } => ErrorKind::DeadlineExceeded,
             RuntimeError::TooManyExecs { .. } => ErrorKind::ResourceExhausted,
             RuntimeError::Sandbox { source, .. } => source.kind(),
             RuntimeError::Network { source, .. } => source.kind(),
             RuntimeError::State(e) => e.kind(),
-            RuntimeError::Io { source, .. } => ErrorKind::from_io(source),
+            // Every path here is crius's own: a missing file is a crius bug, not the
+            // client's NotFound.
+            RuntimeError::Io { source, .. } => ErrorKind::from_internal_io(source),
         }
     }
 }

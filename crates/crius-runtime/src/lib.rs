@@ -25,11 +25,12 @@ mod record;
 mod records;
 mod rollback;
 mod rootfs;
+mod runtime;
 mod stats;
 
 pub use containers::{
     ContainerFilter, ContainerManager, ContainerManagerOptions, ContainerRecord, ContainerState,
-    ExecCancel, ExecLimits, ExecOutput, ExecPlan, ImageInfo, signal_number,
+    ExecCancel, ExecLimits, ExecOutput, ExecPlan, ImageInfo, ProcessUser, signal_number,
 };
 pub use error::RuntimeError;
 pub use events::{Event, EventBus, EventKind, Subscription};
@@ -38,4 +39,5 @@ pub use network::{CniNetwork, POD_IFNAME, PodNetwork};
 pub use ops::{HostSandboxOps, SandboxOps};
 pub use pods::{PodFilter, PodManager, PodManagerOptions};
 pub use record::{PodRecord, PodState};
+pub use runtime::{ContainerView, FsUsage, ImageSource, Runtime};
 pub use stats::{ContainerUsage, DiskUsage, PodUsage, StatsCollector};

@@ -3,7 +3,9 @@
 use std::net::IpAddr;
 use std::path::Path;
 
-use crius_cni::{Attachment, CniError, CniManager, Dns, PodArgs, PortMapping, RuntimeConfig};
+use crius_cni::{
+    Attachment, CniError, CniManager, Dns, NetworkStatus, PodArgs, PortMapping, RuntimeConfig,
+};
 use k8s_cri::v1::PodSandboxConfig;
 
 pub trait PodNetwork: Send + Sync {
@@ -30,9 +32,39 @@ pub struct CniNetwork {
     pub manager: CniManager,
     /// The pod CIDR from UpdateRuntimeConfig, for plugins that take `ipRanges`.
     pub pod_cidr: std::sync::RwLock<String>,
+    /// The last network status and when it was taken: the kubelet polls Status every few
+    /// seconds, and a CNI 1.1 STATUS forks every plugin of the chain.
+    status: std::sync::Mutex<Option<(std::time::Instant, NetworkStatus)>>,
 }
 
+/// How long a network status is reused.
+const STATUS_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl CniNetwork {
+    pub fn new(manager: CniManager) -> CniNetwork {
+        CniNetwork {
+            manager,
+            pod_cidr: Default::default(),
+            status: Default::default(),
+        }
+    }
+
+    /// The NetworkReady condition, taken at most every few seconds. Blocking (it may run the
+    /// plugins' STATUS).
+    pub fn status(&self) -> NetworkStatus {
+        let mut cached = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, s)) = cached.as_ref()
+            && at.elapsed() < STATUS_TTL
+        {
+            return s.clone();
+        }
+        let s = self.manager.network_status();
+        // Only readiness is reused: a network that is not ready yet (no config, a missing
+        // plugin) is looked at again on the next poll, so a node becomes ready at once.
+        *cached = s.ready.then(|| (std::time::Instant::now(), s.clone()));
+        s
+    }
+
     fn attachment(&self, pod_id: &str, netns: &Path, config: &PodSandboxConfig) -> Attachment {
         let meta = config.metadata.clone().unwrap_or_default();
         let port_mappings = config

@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use crate::error::{RuntimeError, invalid, io_err, removed};
 use crate::events::{EventBus, EventKind};
 use crate::ids::{new_id, resolve};
-use crate::keylocks::KeyLocks;
+use crate::keylocks::{KeyGuard, KeyLocks};
 use crate::network::PodNetwork;
 use crate::ops::SandboxOps;
 use crate::record::{PodRecord, PodState, name_key};
@@ -113,6 +113,11 @@ impl PodManager {
 
     fn record_path(&self, id: &str) -> PathBuf {
         self.opts.records_dir.join(format!("{id}.json"))
+    }
+
+    /// The runtime handlers (found once, when criusd started) and the default one.
+    pub fn runtime_handlers(&self) -> (&BTreeMap<String, PathBuf>, Option<&str>) {
+        (&self.opts.handlers, self.opts.default_handler.as_deref())
     }
 
     /// The handler to use for `requested`, or an error naming the unknown one.
@@ -317,7 +322,20 @@ impl PodManager {
         let Some(pod) = self.find(id)? else {
             return Ok(());
         };
-        let _guard = self.locks.lock(&pod.id);
+        let _guard = self.lock_pod(&pod.id);
+        self.stop_locked(&pod.id)
+    }
+
+    /// Holds pod `id` (a full id) against concurrent Run/Stop/Remove and container creation.
+    pub(crate) fn lock_pod(&self, id: &str) -> KeyGuard<'_> {
+        self.locks.lock(id)
+    }
+
+    /// [`PodManager::stop`] for a caller that holds the pod's lock.
+    pub(crate) fn stop_locked(&self, id: &str) -> Result<(), RuntimeError> {
+        let Some(pod) = self.find(id)? else {
+            return Ok(());
+        };
         self.teardown(&pod)?;
         let mut pods = self.lock_pods();
         if let Some(p) = pods
@@ -361,8 +379,16 @@ impl PodManager {
         let Some(pod) = self.find(id)? else {
             return Ok(());
         };
-        self.stop(&pod.id)?;
-        let _guard = self.locks.lock(&pod.id);
+        let _guard = self.lock_pod(&pod.id);
+        self.remove_locked(&pod.id)
+    }
+
+    /// [`PodManager::remove`] for a caller that holds the pod's lock.
+    pub(crate) fn remove_locked(&self, id: &str) -> Result<(), RuntimeError> {
+        let Some(pod) = self.find(id)? else {
+            return Ok(());
+        };
+        self.stop_locked(&pod.id)?;
         removed(fs::remove_dir_all(&pod.dir), &pod.dir)?;
         let path = self.record_path(&pod.id);
         removed(fs::remove_file(&path), &path)?;

@@ -38,7 +38,7 @@ pub struct ContainerUsage {
     pub writable_layer_dir: PathBuf,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DiskUsage {
     pub bytes: u64,
     pub inodes: u64,
@@ -190,6 +190,18 @@ impl StatsCollector {
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.to_string(), (Instant::now(), usage));
         Some(usage)
+    }
+
+    /// Every container's writable layer together (ImageFsInfo's container filesystem).
+    pub fn writable_layers(&self) -> DiskUsage {
+        let mut total = DiskUsage::default();
+        for id in self.containers.ids() {
+            if let Some(u) = self.disk_usage(&id, &self.containers.writable_layer(&id)) {
+                total.bytes += u.bytes;
+                total.inodes += u.inodes;
+            }
+        }
+        total
     }
 
     /// Drops samples of containers and pods that no longer exist.

@@ -37,7 +37,7 @@ impl HasKind for SandboxError {
     fn kind(&self) -> ErrorKind {
         match self {
             SandboxError::InvalidArgument { .. } => ErrorKind::InvalidArgument,
-            SandboxError::Io { source, .. } => ErrorKind::from_io(source),
+            SandboxError::Io { source, .. } => ErrorKind::from_internal_io(source),
             SandboxError::Sys { source, .. } => match source {
                 Errno::ENOENT => ErrorKind::NotFound,
                 Errno::EEXIST => ErrorKind::AlreadyExists,

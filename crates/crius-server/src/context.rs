@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use crius_config::Config;
 use crius_image::{ImageStore, Puller};
-use crius_runtime::{CniNetwork, ContainerManager, PodManager, StatsCollector};
+use crius_runtime::{CniNetwork, ContainerManager, PodManager, Runtime, StatsCollector};
 
 /// Version of the build, stamped by build.rs.
 #[derive(Debug, Clone)]
@@ -17,6 +17,8 @@ pub struct Context {
     pub version: VersionInfo,
     pub images: Arc<ImageStore>,
     pub puller: Arc<Puller>,
+    /// The runtime core: every RPC that sequences pods, containers and images calls it.
+    pub runtime: Arc<Runtime>,
     pub pods: Arc<PodManager>,
     pub containers: Arc<ContainerManager>,
     pub network: Arc<CniNetwork>,
@@ -37,8 +39,14 @@ impl Context {
         containers: Arc<ContainerManager>,
         network: Arc<CniNetwork>,
     ) -> Context {
-        let stats = Arc::new(StatsCollector::new(pods.clone(), containers.clone()));
+        let runtime = Arc::new(Runtime::new(
+            pods.clone(),
+            containers.clone(),
+            Arc::new(crate::image_source::StoreImages(images.clone())),
+        ));
+        let stats = runtime.stats.clone();
         Context {
+            runtime,
             config,
             version,
             images,

@@ -10,6 +10,7 @@ pub mod logging;
 pub mod status;
 
 mod image;
+mod image_source;
 mod runtime;
 mod streaming;
 

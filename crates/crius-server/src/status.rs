@@ -36,13 +36,22 @@ pub fn unimplemented(rpc: &str) -> Status {
     Status::unimplemented(format!("{rpc} is not implemented by crius yet"))
 }
 
+/// `tokio::task::spawn_blocking` that carries the caller's tracing span (request id, pod and
+/// container ids) into the blocking thread, so every log line of a request names them.
+pub fn spawn_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> tokio::task::JoinHandle<T> {
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f))
+}
+
 /// Blocking work (fsync, directory walks) off the async threads.
 pub async fn blocking<T, E>(f: impl FnOnce() -> Result<T, E> + Send + 'static) -> Result<T, Status>
 where
     T: Send + 'static,
     E: HasKind + Display + Send + 'static,
 {
-    match tokio::task::spawn_blocking(f).await {
+    match spawn_blocking(f).await {
         Ok(r) => r.map_err(to_status),
         Err(e) => Err(Status::internal(format!("worker task failed: {e}"))),
     }

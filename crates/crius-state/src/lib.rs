@@ -44,7 +44,7 @@ pub enum StateError {
 impl HasKind for StateError {
     fn kind(&self) -> ErrorKind {
         match self {
-            StateError::Io { source, .. } => ErrorKind::from_io(source),
+            StateError::Io { source, .. } => ErrorKind::from_internal_io(source),
             StateError::Decode { .. } => ErrorKind::DataLoss,
             StateError::Locked { .. } => ErrorKind::FailedPrecondition,
         }

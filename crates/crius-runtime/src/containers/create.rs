@@ -224,6 +224,11 @@ impl ContainerManager {
             layer_dir,
             stop_signal: image_config.stop_signal.clone(),
             shared_binds,
+            user: spec.process().as_ref().map(|p| ProcessUser {
+                uid: p.user().uid(),
+                gid: p.user().gid(),
+                additional_gids: p.user().additional_gids().clone().unwrap_or_default(),
+            }),
             config,
         };
         let created = self.records.save(

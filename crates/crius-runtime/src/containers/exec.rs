@@ -180,6 +180,7 @@ impl ContainerManager {
             return Err(RuntimeError::Monitor {
                 id: c.id.clone(),
                 op: "exec",
+                kind: ErrorKind::Internal,
                 message: "cancelled by the caller".into(),
             });
         }

@@ -125,6 +125,7 @@ impl ContainerManager {
             return Err(RuntimeError::Monitor {
                 id: c.id.clone(),
                 op: "stop",
+                kind: ErrorKind::Internal,
                 message: "the container did not exit after SIGKILL".into(),
             });
         }
@@ -158,6 +159,7 @@ impl ContainerManager {
                     .map_err(|e| RuntimeError::Monitor {
                         id: c.id.clone(),
                         op: "delete",
+                        kind: ErrorKind::Internal,
                         message: e.to_string(),
                     })
             }) {
@@ -227,6 +229,7 @@ impl ContainerManager {
             .map_err(|e| RuntimeError::Monitor {
                 id: c.id.clone(),
                 op: "update resources",
+                kind: ErrorKind::Internal,
                 message: e.to_string(),
             })?;
         c.config

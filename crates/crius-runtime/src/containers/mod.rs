@@ -23,6 +23,8 @@ use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use crius_error::ErrorKind;
+
 use crate::error::{RuntimeError, invalid, io_err, removed};
 use crate::events::EventKind;
 use crate::exit_watch::ExitWatch;
@@ -89,6 +91,39 @@ pub struct ContainerRecord {
     /// uses them any more.
     #[serde(default)]
     pub shared_binds: Vec<PathBuf>,
+    /// The process's effective user as its spec has it (the image's user or run_as_*, with
+    /// groups resolved); `None` in records of older versions.
+    #[serde(default)]
+    pub user: Option<ProcessUser>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+}
+
+impl ProcessUser {
+    /// The user of an OCI spec's process.
+    pub fn of_spec(spec: &serde_json::Value) -> Option<ProcessUser> {
+        let u = spec["process"]["user"].as_object()?;
+        let id = |k: &str| u.get(k).and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+        Some(ProcessUser {
+            uid: id("uid"),
+            gid: id("gid"),
+            additional_gids: u
+                .get("additionalGids")
+                .and_then(|v| v.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|g| g.as_u64())
+                        .map(|g| g as u32)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+    }
 }
 
 /// What the caller resolved about the image.
@@ -322,6 +357,16 @@ impl ContainerManager {
     /// The writable layer (overlay upper dir) of container `id`.
     pub fn writable_layer(&self, id: &str) -> PathBuf {
         self.opts.root_dir.join(id).join("upper")
+    }
+
+    /// Ids of every container.
+    pub fn ids(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// `<root>/containers`: where every writable layer is.
+    pub fn layers_root(&self) -> &Path {
+        &self.opts.root_dir
     }
 
     pub fn in_pod(&self, pod_id: &str) -> Vec<String> {

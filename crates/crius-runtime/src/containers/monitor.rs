@@ -17,9 +17,22 @@ pub(super) fn monitor_failed(id: &str, op: &'static str, e: std::io::Error) -> R
     ) {
         return RuntimeError::MonitorTimeout { id: id.into(), op };
     }
+    use crius_monitor::ErrorCode as C;
+    let kind = match crius_monitor::monitor_error(&e).map(|m| m.code) {
+        Some(C::Invalid) => ErrorKind::InvalidArgument,
+        Some(C::NotFound) => ErrorKind::NotFound,
+        Some(C::AlreadyExists) => ErrorKind::AlreadyExists,
+        Some(C::FailedPrecondition) => ErrorKind::FailedPrecondition,
+        Some(C::ResourceExhausted) => ErrorKind::ResourceExhausted,
+        Some(C::DeadlineExceeded) => ErrorKind::DeadlineExceeded,
+        Some(C::Runtime | C::Internal) => ErrorKind::Internal,
+        // The socket failed: the monitor is gone or the disk is full.
+        None => ErrorKind::from_internal_io(&e),
+    };
     RuntimeError::Monitor {
         id: id.into(),
         op,
+        kind,
         message: e.to_string(),
     }
 }
@@ -118,6 +131,7 @@ impl ContainerManager {
                     return Err(RuntimeError::Monitor {
                         id: c.id.clone(),
                         op: "stop",
+                        kind: ErrorKind::Internal,
                         message: "a container left by a dead monitor survived SIGKILL".into(),
                     });
                 }
@@ -131,5 +145,55 @@ impl ContainerManager {
             self.save(&c)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crius_error::HasKind;
+    use crius_monitor::{ErrorCode, MonitorError};
+
+    use super::*;
+
+    fn kind_of(e: std::io::Error) -> ErrorKind {
+        monitor_failed("c1", "start", e).kind()
+    }
+
+    #[test]
+    fn monitor_codes_keep_their_meaning_up_to_the_grpc_code() {
+        let reported = |code| {
+            std::io::Error::other(MonitorError {
+                code,
+                message: "m".into(),
+            })
+        };
+        assert_eq!(kind_of(reported(ErrorCode::NotFound)), ErrorKind::NotFound);
+        assert_eq!(
+            kind_of(reported(ErrorCode::ResourceExhausted)),
+            ErrorKind::ResourceExhausted
+        );
+        assert_eq!(
+            kind_of(reported(ErrorCode::DeadlineExceeded)),
+            ErrorKind::DeadlineExceeded
+        );
+        assert_eq!(
+            kind_of(reported(ErrorCode::Invalid)),
+            ErrorKind::InvalidArgument
+        );
+        assert_eq!(kind_of(reported(ErrorCode::Runtime)), ErrorKind::Internal);
+        // The socket itself: a hung monitor, a full disk, a vanished socket file.
+        let io = std::io::Error::from;
+        assert_eq!(
+            kind_of(io(std::io::ErrorKind::WouldBlock)),
+            ErrorKind::DeadlineExceeded
+        );
+        assert_eq!(
+            kind_of(std::io::Error::from_raw_os_error(libc::ENOSPC)),
+            ErrorKind::ResourceExhausted
+        );
+        assert_eq!(
+            kind_of(io(std::io::ErrorKind::NotFound)),
+            ErrorKind::Internal
+        );
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crius_runtime::ContainerRecord;
+use crius_runtime::ContainerView;
 use k8s_cri::v1::{
     ContainerStatus, ContainerStatusRequest, ContainerStatusResponse, ContainerUser,
     LinuxContainerUser,
@@ -21,17 +21,13 @@ pub async fn handle(
     if req.container_id.is_empty() {
         return Err(invalid("container_id", "must not be empty"));
     }
-    let containers = ctx.containers.clone();
-    let id = req.container_id.clone();
-    let c = blocking(move || {
-        let found = containers.get(&id)?;
-        containers.refresh(&found.id)
-    })
-    .await?;
-    record_ids(&c);
-    let spec = read_spec(&c);
+    let runtime = ctx.runtime.clone();
+    let (id, verbose) = (req.container_id.clone(), req.verbose);
+    let view = blocking(move || runtime.container_status(&id, verbose)).await?;
+    let c = &view.record;
+    record_ids(c);
     let mut info = HashMap::new();
-    if req.verbose {
+    if let Some(spec) = &view.spec {
         let verbose = serde_json::json!({
             "pid": c.pid,
             "sandboxID": c.pod_id,
@@ -44,31 +40,20 @@ pub async fn handle(
         info.insert("info".to_string(), verbose.to_string());
     }
     Ok(ContainerStatusResponse {
-        status: Some(status_of(&c, &spec)),
+        status: Some(status_of(&view)),
         info,
     })
 }
 
-/// The generated OCI spec of a container (empty when it cannot be read).
-pub(crate) fn read_spec(c: &ContainerRecord) -> serde_json::Value {
-    std::fs::read(c.bundle.join("config.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
-}
-
-/// A container's CRI status. The spec holds the effective user: the image's user or
-/// run_as_*, with resolved groups.
-pub(crate) fn status_of(c: &ContainerRecord, spec: &serde_json::Value) -> ContainerStatus {
-    let user = spec["process"]["user"].as_object().map(|u| ContainerUser {
+/// A container's CRI status, with its effective user: the image's user or run_as_*, with
+/// resolved groups.
+pub(crate) fn status_of(view: &ContainerView) -> ContainerStatus {
+    let c = &view.record;
+    let user = view.user.as_ref().map(|u| ContainerUser {
         linux: Some(LinuxContainerUser {
-            uid: u.get("uid").and_then(|v| v.as_i64()).unwrap_or(0),
-            gid: u.get("gid").and_then(|v| v.as_i64()).unwrap_or(0),
-            supplemental_groups: u
-                .get("additionalGids")
-                .and_then(|v| v.as_array())
-                .map(|a| a.iter().filter_map(|g| g.as_i64()).collect())
-                .unwrap_or_default(),
+            uid: u.uid.into(),
+            gid: u.gid.into(),
+            supplemental_groups: u.additional_gids.iter().map(|&g| g.into()).collect(),
         }),
     });
     ContainerStatus {

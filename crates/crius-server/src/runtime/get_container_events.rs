@@ -43,8 +43,8 @@ pub fn handle(ctx: &Arc<Context>, _req: GetEventsRequest) -> Result<EventStream,
 
 /// The event with the pod's status as it is now (none once the pod is removed).
 async fn response(ctx: &Arc<Context>, event: Event) -> ContainerEventResponse {
-    let (pods, containers, pod_id) = (ctx.pods.clone(), ctx.containers.clone(), event.pod_id);
-    let found = tokio::task::spawn_blocking(move || with_containers(&pods, &containers, &pod_id))
+    let (runtime, pod_id) = (ctx.runtime.clone(), event.pod_id);
+    let found = crate::status::spawn_blocking(move || with_containers(&runtime, &pod_id))
         .await
         .ok()
         .and_then(Result::ok);

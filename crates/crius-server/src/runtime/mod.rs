@@ -57,7 +57,9 @@ impl RuntimeService for Runtime {
     }
 
     async fn status(&self, req: Request<StatusRequest>) -> R<StatusResponse> {
-        status::handle(&self.ctx, req.into_inner()).map(Response::new)
+        status::handle(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn runtime_config(&self, req: Request<RuntimeConfigRequest>) -> R<RuntimeConfigResponse> {

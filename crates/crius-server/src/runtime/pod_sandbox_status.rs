@@ -3,16 +3,14 @@
 
 use std::collections::HashMap;
 
-use crius_runtime::{
-    ContainerFilter, ContainerManager, PodManager, PodRecord, PodState, RuntimeError,
-};
+use crius_runtime::{PodRecord, PodState, Runtime, RuntimeError};
 use k8s_cri::v1::{
     ContainerStatus, LinuxPodSandboxStatus, Namespace, PodIp, PodSandboxNetworkStatus,
     PodSandboxState, PodSandboxStatus, PodSandboxStatusRequest, PodSandboxStatusResponse,
 };
 use tonic::Status;
 
-use super::container_status::{read_spec, status_of as status_of_container};
+use super::container_status::status_of as status_of_container;
 use crate::context::Context;
 use crate::status::{blocking, invalid};
 
@@ -23,9 +21,9 @@ pub async fn handle(
     if req.pod_sandbox_id.is_empty() {
         return Err(invalid("pod_sandbox_id", "must not be empty"));
     }
-    let (pods, containers) = (ctx.pods.clone(), ctx.containers.clone());
+    let runtime = ctx.runtime.clone();
     let (pod, containers_statuses) =
-        blocking(move || with_containers(&pods, &containers, &req.pod_sandbox_id)).await?;
+        blocking(move || with_containers(&runtime, &req.pod_sandbox_id)).await?;
     tracing::Span::current().record("pod_id", pod.id.as_str());
     let mut info = HashMap::new();
     if req.verbose {
@@ -53,22 +51,11 @@ pub async fn handle(
 
 /// A pod and its containers' statuses, as evented PLEG reads them in one call. Blocking.
 pub(crate) fn with_containers(
-    pods: &PodManager,
-    containers: &ContainerManager,
+    runtime: &Runtime,
     pod_id: &str,
 ) -> Result<(PodRecord, Vec<ContainerStatus>), RuntimeError> {
-    let pod = pods.get(pod_id)?;
-    let filter = ContainerFilter {
-        pod_id: Some(pod.id.clone()),
-        ..Default::default()
-    };
-    let statuses = containers
-        .list(&filter)
-        .iter()
-        .filter(|c| c.pod_id == pod.id)
-        .map(|c| status_of_container(c, &read_spec(c)))
-        .collect();
-    Ok((pod, statuses))
+    let (pod, views) = runtime.pod_status(pod_id)?;
+    Ok((pod, views.iter().map(status_of_container).collect()))
 }
 
 pub(crate) fn state_of(pod: &PodRecord) -> PodSandboxState {

@@ -1,4 +1,5 @@
-//! RemovePodSandbox: stops the pod if needed and deletes everything of it. Idempotent.
+//! RemovePodSandbox: stops the pod if needed and deletes everything of it, its containers
+//! first. Idempotent.
 
 use k8s_cri::v1::{RemovePodSandboxRequest, RemovePodSandboxResponse};
 use tonic::Status;
@@ -14,17 +15,7 @@ pub async fn handle(
         return Err(invalid("pod_sandbox_id", "must not be empty"));
     }
     tracing::Span::current().record("pod_id", req.pod_sandbox_id.as_str());
-    let (pods, containers) = (ctx.pods.clone(), ctx.containers.clone());
-    blocking(move || {
-        let Some(pod) = pods.find(&req.pod_sandbox_id)? else {
-            return Ok(());
-        };
-        for id in containers.in_pod(&pod.id) {
-            containers.remove(&id)?;
-        }
-        containers.release_pod(&pod);
-        pods.remove(&pod.id)
-    })
-    .await?;
+    let runtime = ctx.runtime.clone();
+    blocking(move || runtime.remove_pod(&req.pod_sandbox_id)).await?;
     Ok(RemovePodSandboxResponse {})
 }

@@ -13,12 +13,9 @@ use crate::context::Context;
 const RUNTIME_READY: &str = "RuntimeReady";
 const NETWORK_READY: &str = "NetworkReady";
 
-pub fn handle(ctx: &Context, req: StatusRequest) -> Result<StatusResponse, Status> {
-    let handlers = ctx.config.runtime_handlers();
-    let runtime = ctx
-        .config
-        .default_runtime_handler()
-        .and_then(|h| handlers.get(&h).cloned());
+pub async fn handle(ctx: &Context, req: StatusRequest) -> Result<StatusResponse, Status> {
+    let (handlers, default) = ctx.pods.runtime_handlers();
+    let runtime = default.and_then(|h| handlers.get(h).cloned());
     let runtime_condition = match &runtime {
         Some(_) => RuntimeCondition {
             r#type: RUNTIME_READY.into(),
@@ -34,7 +31,10 @@ pub fn handle(ctx: &Context, req: StatusRequest) -> Result<StatusResponse, Statu
                 .into(),
         },
     };
-    let net = ctx.network.manager.network_status();
+    let network = ctx.network.clone();
+    let net = crate::status::spawn_blocking(move || network.status())
+        .await
+        .map_err(|e| Status::internal(format!("worker task failed: {e}")))?;
     let network_condition = RuntimeCondition {
         r#type: NETWORK_READY.into(),
         status: net.ready,

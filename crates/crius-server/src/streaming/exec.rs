@@ -60,7 +60,7 @@ impl Drop for ExecFiles {
 pub async fn run(containers: Arc<ContainerManager>, p: ExecParams, io: ExecIo) -> ExitStatus {
     let id = p.container_id.clone();
     let cmd = p.cmd.clone();
-    let plan = tokio::task::spawn_blocking(move || containers.exec_plan(&id, &cmd, p.tty)).await;
+    let plan = crate::status::spawn_blocking(move || containers.exec_plan(&id, &cmd, p.tty)).await;
     let plan = match plan {
         Ok(Ok(plan)) => plan,
         Ok(Err(e)) => return ExitStatus::Error(e.to_string()),

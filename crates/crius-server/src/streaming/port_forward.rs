@@ -18,7 +18,7 @@ pub async fn connect(
     pod_id: String,
     port: u16,
 ) -> Result<tokio::net::TcpStream, String> {
-    let netns: Option<PathBuf> = tokio::task::spawn_blocking(move || {
+    let netns: Option<PathBuf> = crate::status::spawn_blocking(move || {
         let pod = pods.get(&pod_id).map_err(|e| e.to_string())?;
         if pod.state != PodState::Ready {
             return Err(format!("pod sandbox {} is not ready", pod.id));

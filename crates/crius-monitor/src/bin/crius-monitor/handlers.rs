@@ -36,7 +36,24 @@ fn error(code: ErrorCode, message: impl Into<String>) -> Response {
 }
 
 fn internal(what: &str, e: io::Error) -> Response {
-    error(ErrorCode::Internal, format!("{what}: {e}"))
+    let code = match e.raw_os_error() {
+        Some(libc::ENOSPC | libc::EDQUOT) => ErrorCode::ResourceExhausted,
+        _ => ErrorCode::Internal,
+    };
+    error(code, format!("{what}: {e}"))
+}
+
+/// A failed runtime command: its output decides the code when it ran out of space.
+fn runtime_failed(timed_out: bool, message: String) -> Response {
+    let lower = message.to_ascii_lowercase();
+    let code = if timed_out {
+        ErrorCode::DeadlineExceeded
+    } else if lower.contains("no space left on device") || lower.contains("disk quota exceeded") {
+        ErrorCode::ResourceExhausted
+    } else {
+        ErrorCode::Runtime
+    };
+    error(code, message)
 }
 
 fn not_found(id: &str) -> Response {
@@ -352,8 +369,8 @@ impl Monitor {
             } else {
                 format!("exited with {code}")
             };
-            error(
-                ErrorCode::Runtime,
+            runtime_failed(
+                job.timed_out,
                 format!("runtime {what} {how}: {}", job.output_text()),
             )
         };
@@ -459,7 +476,7 @@ impl Monitor {
             } else {
                 format!("exited with {code}")
             };
-            return error(ErrorCode::Runtime, format!("runtime create {what}: {msg}"));
+            return runtime_failed(job.timed_out, format!("runtime create {what}: {msg}"));
         };
         if let Some(master) = p.console_master.take() {
             match OutputPipe::new(master, Stream::Stdout) {
