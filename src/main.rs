@@ -1,6 +1,7 @@
 //! criusd: the crius CRI daemon. Sets up config, logging, the root lock and signals, wires the
 //! stores into the gRPC services, and drains on shutdown.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
@@ -153,7 +154,7 @@ async fn run(config: Config) -> Result<()> {
         move || ImageStore::open(&root, StoreOptions { pinned })
     })
     .await??;
-    let client = crius_registry::Client::new(&config.registries)?
+    let client = crius_registry::Client::new(&registry_hosts(&config))?
         .with_foreign_layer_hosts(&config.image.foreign_layer_hosts)?;
     let puller = Puller::new(
         store.clone(),
@@ -302,4 +303,26 @@ fn bind(path: &Path) -> Result<tokio::net::UnixListener> {
     let listener = crius_state::bind_private_socket(path, 0o660)
         .with_context(|| format!("binding {}", path.display()))?;
     Ok(tokio::net::UnixListener::from_std(listener)?)
+}
+
+/// The `[registries."host"]` tables as the registry client takes them.
+fn registry_hosts(config: &Config) -> BTreeMap<String, crius_registry::HostOptions> {
+    config
+        .registries
+        .iter()
+        .map(|(host, r)| {
+            let options = crius_registry::HostOptions {
+                mirrors: r.mirrors.clone(),
+                insecure: r.insecure,
+                skip_verify: r.skip_verify,
+                ca_file: r.ca_file.clone(),
+                client_cert: r.client_cert.clone(),
+                client_key: r.client_key.clone(),
+                fallback_to_upstream: r.fallback_to_upstream,
+                mirror_credentials: r.mirror_credentials,
+                token_realms: r.token_realms.clone(),
+            };
+            (host.clone(), options)
+        })
+        .collect()
 }

@@ -243,13 +243,13 @@ async fn shared_pid_namespace_sees_other_containers_and_reaps_zombies() -> Resul
         "{ps}"
     );
 
-    // The orphaned `sleep 1` children were reparented to crius-init, which reaps them.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The orphaned `sleep 1` children were reparented to crius-init, which reaps them: once
+    // they have exited, none is left as a zombie.
     let host_pid = pod.pid_of(&a).await?;
     let ns = std::fs::read_link(format!("/proc/{host_pid}/ns/pid"))?;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let zombies: Vec<String> = std::fs::read_dir("/proc")?
+        let in_pod: Vec<u32> = std::fs::read_dir("/proc")?
             .flatten()
             .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
             .filter(|p| {
@@ -258,13 +258,21 @@ async fn shared_pid_namespace_sees_other_containers_and_reaps_zombies() -> Resul
                     .as_ref()
                     == Some(&ns)
             })
+            .collect();
+        // The `sleep 1` children still running, then (if crius-init did not reap them) their
+        // zombies.
+        let sleeping = in_pod.iter().any(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c == b"sleep\x001\x00")
+        });
+        let zombies: Vec<String> = in_pod
+            .iter()
             .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
             .filter(|s| {
                 s.rsplit_once(") ")
                     .is_some_and(|(_, rest)| rest.starts_with('Z'))
             })
             .collect();
-        if zombies.is_empty() {
+        if !sleeping && zombies.is_empty() {
             break;
         }
         assert!(Instant::now() < deadline, "zombies in the pod: {zombies:?}");

@@ -282,10 +282,16 @@ async fn containers_survive_a_daemon_kill9() -> Result<()> {
     let long = pod.run("long", &["sleep", "1000"]).await?;
     let short = pod.run("short", &["sh", "-c", "sleep 2; exit 7"]).await?;
     let pid = pod.pid_of(&long).await?;
+    let short_pid = pod.pid_of(&short).await?;
     assert!(pid > 0);
 
     pod.env.daemon.kill9();
-    tokio::time::sleep(Duration::from_secs(3)).await; // "short" exits while criusd is down
+    // "short" exits while criusd is down.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{short_pid}")).exists() {
+        assert!(std::time::Instant::now() < deadline, "short never exited");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
         Path::new(&format!("/proc/{pid}")).exists(),
         "container kept running"

@@ -6,7 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::protocol::{
-    ContainerState, CreateRequest, ExecRequest, ExecResult, MonitorError, Request, Response,
+    ContainerState, CreateRequest, ExecRequest, ExecResult, ForeignRuntime, MonitorError, Request,
+    Response,
 };
 
 /// One connection to a pod's monitor. Requests on one connection are strictly sequential;
@@ -22,34 +23,21 @@ impl MonitorClient {
             reader: BufReader::new(stream),
         })
     }
+}
+
+/// A connection to a pod monitor: the socket client in production, a fake in lifecycle
+/// tests. Only [`MonitorConn::request`] speaks the protocol; the typed calls are built on it.
+pub trait MonitorConn: Send {
+    /// Sends one request and returns the raw response, `Response::Error` included.
+    fn request(&mut self, req: &Request) -> io::Result<Response>;
 
     /// Read/write timeout for every later request (`None` = wait forever, the default).
     /// An exec request needs at least its own `timeout_ms` plus some slack.
-    pub fn set_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        let s = self.reader.get_ref();
-        s.set_read_timeout(timeout)?;
-        s.set_write_timeout(timeout)
-    }
+    fn set_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
 
     /// A second handle on the connection: shutting it down makes a pending request fail at
     /// once, and the monitor kills an exec whose connection closed (a cancelled ExecSync).
-    pub fn cancel_handle(&self) -> io::Result<UnixStream> {
-        self.reader.get_ref().try_clone()
-    }
-
-    /// Sends one request and returns the raw response, `Response::Error` included.
-    pub fn request(&mut self, req: &Request) -> io::Result<Response> {
-        self.reader.get_mut().write_all(&req.encode())?;
-        let mut line = Vec::with_capacity(128);
-        self.reader.read_until(b'\n', &mut line)?;
-        if line.last() != Some(&b'\n') {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "monitor closed the connection",
-            ));
-        }
-        Response::decode(&line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-    }
+    fn cancel_handle(&self) -> io::Result<UnixStream>;
 
     /// Like [`request`](Self::request), but turns `Response::Error` into an `io::Error`
     /// (kind `Other`) whose inner error is the [`MonitorError`].
@@ -60,7 +48,7 @@ impl MonitorClient {
         }
     }
 
-    pub fn create(&mut self, req: &CreateRequest) -> io::Result<u32> {
+    fn create(&mut self, req: &CreateRequest) -> io::Result<u32> {
         match self.call(&Request::Create(req.clone()))? {
             Response::Created { pid } => Ok(pid),
             r => Err(unexpected(r)),
@@ -68,7 +56,7 @@ impl MonitorClient {
     }
 
     /// Returns the start time in unix nanoseconds.
-    pub fn start(&mut self, id: &str) -> io::Result<i64> {
+    fn start(&mut self, id: &str) -> io::Result<i64> {
         match self.call(&Request::Start { id: id.into() })? {
             Response::Started {
                 started_at_unix_nanos,
@@ -77,33 +65,69 @@ impl MonitorClient {
         }
     }
 
-    pub fn exec(&mut self, req: &ExecRequest) -> io::Result<ExecResult> {
+    fn exec(&mut self, req: &ExecRequest) -> io::Result<ExecResult> {
         match self.call(&Request::Exec(req.clone()))? {
             Response::ExecResult(r) => Ok(r),
             r => Err(unexpected(r)),
         }
     }
 
-    pub fn kill(&mut self, id: &str, signal: i32, all: bool) -> io::Result<()> {
+    fn kill(&mut self, id: &str, signal: i32, all: bool) -> io::Result<()> {
         self.expect_ok(&Request::Kill {
             id: id.into(),
             signal,
             all,
+            foreign: None,
         })
     }
 
-    pub fn delete(&mut self, id: &str, force: bool) -> io::Result<()> {
+    fn delete(&mut self, id: &str, force: bool) -> io::Result<()> {
         self.expect_ok(&Request::Delete {
             id: id.into(),
             force,
+            foreign: None,
         })
     }
 
-    pub fn reopen_log(&mut self, id: &str) -> io::Result<()> {
+    /// Kills a container this monitor does not own (one a dead monitor left) through its
+    /// runtime.
+    fn kill_foreign(
+        &mut self,
+        id: &str,
+        signal: i32,
+        all: bool,
+        runtime: ForeignRuntime,
+    ) -> io::Result<()> {
+        self.expect_ok(&Request::Kill {
+            id: id.into(),
+            signal,
+            all,
+            foreign: Some(runtime),
+        })
+    }
+
+    /// Deletes a container this monitor does not own through its runtime.
+    fn delete_foreign(&mut self, id: &str, runtime: ForeignRuntime) -> io::Result<()> {
+        self.expect_ok(&Request::Delete {
+            id: id.into(),
+            force: true,
+            foreign: Some(runtime),
+        })
+    }
+
+    /// Applies OCI `linux.resources` (a JSON file) to a running container.
+    fn update(&mut self, id: &str, resources: &Path) -> io::Result<()> {
+        self.expect_ok(&Request::Update {
+            id: id.into(),
+            resources: resources.to_path_buf(),
+        })
+    }
+
+    fn reopen_log(&mut self, id: &str) -> io::Result<()> {
         self.expect_ok(&Request::ReopenLog { id: id.into() })
     }
 
-    pub fn state(&mut self) -> io::Result<Vec<ContainerState>> {
+    fn state(&mut self) -> io::Result<Vec<ContainerState>> {
         match self.call(&Request::State)? {
             Response::State(list) => Ok(list),
             r => Err(unexpected(r)),
@@ -111,7 +135,7 @@ impl MonitorClient {
     }
 
     /// Asks the monitor to exit once no container is alive (`force`: right away).
-    pub fn shutdown(&mut self, force: bool) -> io::Result<()> {
+    fn shutdown(&mut self, force: bool) -> io::Result<()> {
         self.expect_ok(&Request::Shutdown { force })
     }
 
@@ -120,6 +144,31 @@ impl MonitorClient {
             Response::Ok => Ok(()),
             r => Err(unexpected(r)),
         }
+    }
+}
+
+impl MonitorConn for MonitorClient {
+    fn set_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        let s = self.reader.get_ref();
+        s.set_read_timeout(timeout)?;
+        s.set_write_timeout(timeout)
+    }
+
+    fn cancel_handle(&self) -> io::Result<UnixStream> {
+        self.reader.get_ref().try_clone()
+    }
+
+    fn request(&mut self, req: &Request) -> io::Result<Response> {
+        self.reader.get_mut().write_all(&req.encode())?;
+        let mut line = Vec::with_capacity(128);
+        self.reader.read_until(b'\n', &mut line)?;
+        if line.last() != Some(&b'\n') {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "monitor closed the connection",
+            ));
+        }
+        Response::decode(&line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 }
 

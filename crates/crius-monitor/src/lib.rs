@@ -30,11 +30,11 @@ pub mod protocol;
 pub mod socket;
 pub mod spawn;
 
-pub use client::{MonitorClient, monitor_error};
+pub use client::{MonitorClient, MonitorConn, monitor_error};
 pub use exit_file::{ExitRecord, read_exit_file, write_exit_file};
 pub use oom::OomCounter;
 pub use protocol::{
-    ContainerState, ContainerStatus, CreateRequest, ErrorCode, ExecRequest, ExecResult,
-    MonitorError, Request, Response, User,
+    ContainerState, ContainerStatus, CreateRequest, EXEC_OUTPUT_LIMIT, ErrorCode, ExecRequest,
+    ExecResult, ForeignRuntime, MonitorError, Request, Response, User,
 };
 pub use spawn::{PID_FILE, spawn_detached};

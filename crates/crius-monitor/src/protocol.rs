@@ -108,16 +108,50 @@ pub struct ExecRequest {
     pub no_new_privileges: bool,
 }
 
+/// Exec output kept per stream, the rest drained and dropped: the CRI caps each stream at
+/// 16 MiB (CVE-2022-1708).
+pub const EXEC_OUTPUT_LIMIT: usize = 16 * 1024 * 1024;
+
+/// The OCI runtime of a container the monitor does not own, so that it can still kill and
+/// delete it: every OCI runtime command crius runs goes through a pod monitor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignRuntime {
+    pub runtime: PathBuf,
+    pub root: PathBuf,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Create(CreateRequest),
-    Start { id: String },
+    Start {
+        id: String,
+    },
     Exec(ExecRequest),
-    Kill { id: String, signal: i32, all: bool },
-    Delete { id: String, force: bool },
-    ReopenLog { id: String },
+    /// `foreign`: the container is not this monitor's (a monitor that died left it).
+    Kill {
+        id: String,
+        signal: i32,
+        all: bool,
+        foreign: Option<ForeignRuntime>,
+    },
+    Delete {
+        id: String,
+        force: bool,
+        foreign: Option<ForeignRuntime>,
+    },
+    /// `<runtime> update --resources <resources> <id>`: `resources` is a JSON file of OCI
+    /// `linux.resources` that criusd wrote.
+    Update {
+        id: String,
+        resources: PathBuf,
+    },
+    ReopenLog {
+        id: String,
+    },
     State,
-    Shutdown { force: bool },
+    Shutdown {
+        force: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -339,6 +373,13 @@ impl LineBuilder {
         self.bytes(key, if value { b"1" } else { b"0" })
     }
 
+    fn foreign(&mut self, foreign: &Option<ForeignRuntime>) -> &mut Self {
+        if let Some(f) = foreign {
+            self.path("runtime", &f.runtime).path("root", &f.root);
+        }
+        self
+    }
+
     fn finish(mut self) -> Vec<u8> {
         self.buf.push(b'\n');
         self.buf
@@ -412,6 +453,16 @@ impl<'a> Fields<'a> {
         self.raw(key) == Some(b"1")
     }
 
+    fn foreign(&self) -> Result<Option<ForeignRuntime>, DecodeError> {
+        if self.raw("runtime").is_none() {
+            return Ok(None);
+        }
+        Ok(Some(ForeignRuntime {
+            runtime: self.path("runtime")?,
+            root: self.path("root")?,
+        }))
+    }
+
     fn strings(&self, key: &str) -> Result<Vec<String>, DecodeError> {
         self.pairs
             .iter()
@@ -478,14 +529,26 @@ impl Request {
                     .flag("nnp", e.no_new_privileges);
                 l.finish()
             }
-            Request::Kill { id, signal, all } => {
+            Request::Kill {
+                id,
+                signal,
+                all,
+                foreign,
+            } => {
                 let mut l = LineBuilder::new(buf, "kill");
                 l.str("id", id).num("signal", signal).flag("all", *all);
+                l.foreign(foreign);
                 l.finish()
             }
-            Request::Delete { id, force } => {
+            Request::Delete { id, force, foreign } => {
                 let mut l = LineBuilder::new(buf, "delete");
                 l.str("id", id).flag("force", *force);
+                l.foreign(foreign);
+                l.finish()
+            }
+            Request::Update { id, resources } => {
+                let mut l = LineBuilder::new(buf, "update");
+                l.str("id", id).path("resources", resources);
                 l.finish()
             }
             Request::ReopenLog { id } => {
@@ -543,10 +606,16 @@ impl Request {
                 id: f.string("id")?,
                 signal: f.num("signal")?,
                 all: f.flag("all"),
+                foreign: f.foreign()?,
             },
             b"delete" => Request::Delete {
                 id: f.string("id")?,
                 force: f.flag("force"),
+                foreign: f.foreign()?,
+            },
+            b"update" => Request::Update {
+                id: f.string("id")?,
+                resources: f.path("resources")?,
             },
             b"reopen-log" => Request::ReopenLog {
                 id: f.string("id")?,
@@ -732,10 +801,31 @@ mod tests {
             id: "x".into(),
             signal: 9,
             all: true,
+            foreign: None,
+        });
+        let foreign = Some(ForeignRuntime {
+            runtime: "/usr/bin/runc".into(),
+            root: "/run/crius/runtime/runc dir".into(),
+        });
+        roundtrip_req(Request::Kill {
+            id: "x".into(),
+            signal: 15,
+            all: false,
+            foreign: foreign.clone(),
         });
         roundtrip_req(Request::Delete {
             id: "x".into(),
             force: false,
+            foreign: None,
+        });
+        roundtrip_req(Request::Delete {
+            id: "x".into(),
+            force: true,
+            foreign,
+        });
+        roundtrip_req(Request::Update {
+            id: "x".into(),
+            resources: "/b/resources.json".into(),
         });
         roundtrip_req(Request::ReopenLog { id: "x".into() });
         roundtrip_req(Request::State);
@@ -784,6 +874,7 @@ mod tests {
             id: "web".into(),
             signal: 9,
             all: false,
+            foreign: None,
         }
         .encode();
         assert_eq!(line, b"v1 kill id=web signal=9 all=0\n");

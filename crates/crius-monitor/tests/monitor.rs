@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use common::{Env, pid_alive, read_log, wait_until, zombie_children};
 use crius_monitor::{
-    ContainerStatus, ErrorCode, ExecRequest, MonitorClient, Request, User, monitor_error,
-    spawn_detached,
+    ContainerStatus, ErrorCode, ExecRequest, MonitorClient, MonitorConn, Request, User,
+    monitor_error, spawn_detached,
 };
 
 /// Runs each scenario once with runc and once with crun.

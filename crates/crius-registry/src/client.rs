@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use crius_config::RegistryHostConfig;
 use crius_error::{ErrorKind, HasKind};
 use futures_util::{Stream, StreamExt};
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
@@ -23,6 +22,46 @@ use crate::digest::{Algorithm, Digest};
 use crate::error::RegistryError;
 use crate::manifest::{Descriptor, detect_media_type, media_types, parse_manifest};
 use crate::reference::{DEFAULT_REGISTRY, Reference, valid_tag};
+
+/// How to reach one registry host (crius's `[registries."host"]` table, in the spirit of
+/// containerd's `hosts.toml`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostOptions {
+    /// Endpoints tried in order before the registry itself, e.g. `http://localhost:5000` or
+    /// `https://mirror.example/prefix` (a path prefix is put in front of the repository).
+    pub mirrors: Vec<String>,
+    /// Speak plain HTTP to this registry (its mirrors carry their own scheme).
+    pub insecure: bool,
+    /// Accept any TLS certificate (testing only).
+    pub skip_verify: bool,
+    /// Extra CA bundle (PEM) trusted for this registry and its mirrors.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// When false the registry itself is not tried after its mirrors (air-gapped nodes).
+    pub fallback_to_upstream: bool,
+    /// Send the pull's credentials to the mirrors too (see crius-config's documentation).
+    pub mirror_credentials: bool,
+    /// Token services (hosts) besides the registry itself that may receive the credentials.
+    pub token_realms: Vec<String>,
+}
+
+impl Default for HostOptions {
+    fn default() -> Self {
+        HostOptions {
+            mirrors: Vec::new(),
+            insecure: false,
+            skip_verify: false,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            fallback_to_upstream: true,
+            mirror_credentials: false,
+            token_realms: Vec::new(),
+        }
+    }
+}
 
 /// Manifests are small JSON documents; anything bigger is a broken or hostile registry.
 pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
@@ -256,7 +295,7 @@ fn is_loopback(registry: &str) -> bool {
 }
 
 impl Client {
-    pub fn new(hosts: &BTreeMap<String, RegistryHostConfig>) -> Result<Client, RegistryError> {
+    pub fn new(hosts: &BTreeMap<String, HostOptions>) -> Result<Client, RegistryError> {
         let default_tls = TlsSetup::default();
         let default_http = build_http(&default_tls, "default")?;
         let mut clients = HashMap::from([(default_tls, default_http.clone())]);

@@ -31,7 +31,7 @@
 //! pub enum Credentials { Basic { username, password }, IdentityToken(String), RegistryToken(String) }
 //! pub struct Client  // Clone; built once from the registries config
 //! impl Client {
-//!     pub fn new(hosts: &BTreeMap<String, crius_config::RegistryHostConfig>) -> Result<Client, RegistryError>;
+//!     pub fn new(hosts: &BTreeMap<String, HostOptions>) -> Result<Client, RegistryError>;
 //!     pub fn repository(&self, reference: &Reference, creds: Option<Credentials>) -> Repository;
 //! }
 //! pub struct Repository  // one repository on its endpoints (mirrors first), token cache
@@ -69,7 +69,8 @@ mod testserver;
 
 pub use auth::{Challenge, Credentials, parse_www_authenticate};
 pub use client::{
-    Blob, BlobStream, Client, FetchedManifest, MAX_BLOB_BYTES_SIZE, MAX_MANIFEST_SIZE, Repository,
+    Blob, BlobStream, Client, FetchedManifest, HostOptions, MAX_BLOB_BYTES_SIZE, MAX_MANIFEST_SIZE,
+    Repository,
 };
 pub use digest::{Algorithm, Digest, DigestVerifier, parse_image_id};
 pub use error::RegistryError;

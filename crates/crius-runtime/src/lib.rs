@@ -29,9 +29,11 @@ mod runtime;
 mod stats;
 
 pub use containers::{
-    ContainerFilter, ContainerManager, ContainerManagerOptions, ContainerRecord, ContainerState,
-    ExecCancel, ExecLimits, ExecOutput, ExecPlan, ImageInfo, ProcessUser, signal_number,
+    ContainerFilter, ContainerHost, ContainerManager, ContainerManagerOptions, ContainerRecord,
+    ContainerState, ExecCancel, ExecLimits, ExecOutput, ExecPlan, HostContainers, ImageInfo,
+    ProcessUser, signal_number,
 };
+pub use crius_monitor::EXEC_OUTPUT_LIMIT;
 pub use error::RuntimeError;
 pub use events::{Event, EventBus, EventKind, Subscription};
 pub use ids::new_id;

@@ -19,9 +19,6 @@ use crate::ops::SandboxOps;
 use crate::record::{PodRecord, PodState, name_key};
 use crate::rollback::Rollback;
 
-/// The size of a pod's /dev/shm when nothing else is asked for (as Docker and containerd).
-pub const DEFAULT_SHM_SIZE: u64 = 64 * 1024 * 1024;
-
 #[derive(Debug, Clone)]
 pub struct PodManagerOptions {
     /// `<root>/pods`: one JSON record per pod.
@@ -227,7 +224,7 @@ impl PodManager {
             let shm = dir.join("shm");
             create_dir_all(&shm, 0o700)?;
             self.ops
-                .mount_shm(&shm, DEFAULT_SHM_SIZE)
+                .mount_shm(&shm, crius_sandbox::DEFAULT_SHM_SIZE)
                 .map_err(|source| RuntimeError::Sandbox {
                     pod_id: id.clone(),
                     source,

@@ -31,6 +31,7 @@ pub trait ImageSource: Send + Sync {
 }
 
 /// A container as ContainerStatus shows it.
+#[derive(Debug, Clone)]
 pub struct ContainerView {
     pub record: ContainerRecord,
     pub user: Option<ProcessUser>,

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use crius_monitor::{CreateRequest, ExitRecord, MonitorClient, read_exit_file};
+use crius_monitor::{CreateRequest, ExitRecord, MonitorClient, MonitorConn, read_exit_file};
 use tempfile::TempDir;
 
 pub const CGROUP_PARENT: &str = "crius-monitor-test";

@@ -19,8 +19,6 @@ use crius_error::{ErrorKind, HasKind};
 use k8s_cri::v1::{ContainerConfig, PodSandboxConfig};
 use oci_spec::runtime::{LinuxBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder};
 
-use crate::runtime::RuntimeFeatures;
-
 pub use image::ImageConfig;
 pub use lsm::HostLsm;
 pub use process::exec_process;
@@ -70,10 +68,10 @@ pub struct SpecFeatures {
 }
 
 impl SpecFeatures {
-    /// Probes the host's cgroups and takes `rro` support from the runtime's features.
-    pub fn detect(runtime: &RuntimeFeatures) -> Self {
+    /// Probes the host's cgroups. Recursive read-only mounts are not used yet.
+    pub fn detect() -> Self {
         SpecFeatures {
-            recursive_read_only: runtime.supports_mount_option("rro"),
+            recursive_read_only: false,
             memory_swap: resources::host_has_swap_accounting(),
         }
     }

@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
-use crius_config::RegistryHostConfig;
 use crius_error::{ErrorKind, HasKind};
 use futures_util::StreamExt;
 
@@ -71,7 +70,7 @@ fn reference(host: &str, rest: &str) -> Reference {
     Reference::parse(&format!("{host}/{rest}")).unwrap()
 }
 
-fn client(hosts: Vec<(String, RegistryHostConfig)>) -> Client {
+fn client(hosts: Vec<(String, HostOptions)>) -> Client {
     Client::new(&hosts.into_iter().collect()).unwrap()
 }
 
@@ -335,7 +334,7 @@ async fn mirror_with_prefix_then_upstream() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let cfg = RegistryHostConfig {
+    let cfg = HostOptions {
         mirrors: vec![format!("http://{dead}"), format!("{}/cache/", mirror.url())],
         fallback_to_upstream: true,
         ..Default::default()
@@ -380,7 +379,7 @@ async fn mirror_with_prefix_then_upstream() {
     );
 
     // Without fallback the upstream is never asked.
-    let cfg = RegistryHostConfig {
+    let cfg = HostOptions {
         mirrors: vec![format!("{}/cache", mirror.url())],
         fallback_to_upstream: false,
         ..cfg
@@ -609,7 +608,7 @@ async fn credentials_reach_mirrors_only_when_configured_and_never_in_clear_by_de
     let mirrored = |mirror_credentials: bool, declare_insecure: bool| {
         let mut hosts = vec![(
             "registry.example.test".to_string(),
-            RegistryHostConfig {
+            HostOptions {
                 mirrors: vec![mirror.url()],
                 fallback_to_upstream: false,
                 mirror_credentials,
@@ -619,7 +618,7 @@ async fn credentials_reach_mirrors_only_when_configured_and_never_in_clear_by_de
         if declare_insecure {
             hosts.push((
                 mirror.host(),
-                RegistryHostConfig {
+                HostOptions {
                     insecure: true,
                     ..Default::default()
                 },
@@ -773,21 +772,21 @@ fn endpoints_follow_config() {
     let c = client(vec![
         (
             "docker.io".into(),
-            RegistryHostConfig {
+            HostOptions {
                 mirrors: vec!["https://m.example/pre/fix".into()],
                 ..Default::default()
             },
         ),
         (
             "insecure.example".into(),
-            RegistryHostConfig {
+            HostOptions {
                 insecure: true,
                 ..Default::default()
             },
         ),
         (
             "airgap.example".into(),
-            RegistryHostConfig {
+            HostOptions {
                 mirrors: vec!["http://10.0.0.1:5000".into()],
                 fallback_to_upstream: false,
                 skip_verify: true,
@@ -796,7 +795,7 @@ fn endpoints_follow_config() {
         ),
         (
             "127.0.0.1:5443".into(),
-            RegistryHostConfig {
+            HostOptions {
                 skip_verify: true,
                 ..Default::default()
             },
@@ -845,10 +844,9 @@ fn endpoints_follow_config() {
 
 #[test]
 fn bad_config_names_the_file() {
-    let with = |cfg: RegistryHostConfig| {
-        Client::new(&[("r.example".to_string(), cfg)].into()).unwrap_err()
-    };
-    let err = with(RegistryHostConfig {
+    let with =
+        |cfg: HostOptions| Client::new(&[("r.example".to_string(), cfg)].into()).unwrap_err();
+    let err = with(HostOptions {
         ca_file: Some("/nonexistent/ca.pem".into()),
         ..Default::default()
     });
@@ -862,23 +860,23 @@ fn bad_config_names_the_file() {
     std::fs::create_dir_all(&dir).unwrap();
     let junk = dir.join("junk.pem");
     std::fs::write(&junk, "not a certificate").unwrap();
-    let err = with(RegistryHostConfig {
+    let err = with(HostOptions {
         ca_file: Some(junk.clone()),
         ..Default::default()
     });
     assert!(err.to_string().contains("junk.pem"), "{err}");
-    let err = with(RegistryHostConfig {
+    let err = with(HostOptions {
         client_cert: Some(junk.clone()),
         client_key: Some(junk.clone()),
         ..Default::default()
     });
     assert!(err.to_string().contains("junk.pem"), "{err}");
-    let err = with(RegistryHostConfig {
+    let err = with(HostOptions {
         client_cert: Some(junk),
         ..Default::default()
     });
     assert!(err.to_string().contains("together"), "{err}");
-    let err = with(RegistryHostConfig {
+    let err = with(HostOptions {
         mirrors: vec!["ftp://x".into()],
         ..Default::default()
     });
@@ -1135,8 +1133,8 @@ async fn tls_mirror_with_ca_file() {
         .spawn()
         .unwrap();
     let mirror = format!("https://127.0.0.1:{port}");
-    let with = |cfg: RegistryHostConfig| {
-        let cfg = RegistryHostConfig {
+    let with = |cfg: HostOptions| {
+        let cfg = HostOptions {
             mirrors: vec![mirror.clone()],
             fallback_to_upstream: false,
             ..cfg
@@ -1144,7 +1142,7 @@ async fn tls_mirror_with_ca_file() {
         client(vec![("tls.example".into(), cfg)])
             .repository(&Reference::parse("tls.example/a/b").unwrap(), None)
     };
-    let trusted = with(RegistryHostConfig {
+    let trusted = with(HostOptions {
         ca_file: Some(dir.join("ca.pem")),
         ..Default::default()
     });
@@ -1165,7 +1163,7 @@ async fn tls_mirror_with_ca_file() {
         Some(ErrorKind::NotFound),
         "{last:?}"
     );
-    let insecure = with(RegistryHostConfig {
+    let insecure = with(HostOptions {
         skip_verify: true,
         ..Default::default()
     });
@@ -1173,7 +1171,7 @@ async fn tls_mirror_with_ca_file() {
         insecure.get_manifest("v1").await.unwrap_err().kind(),
         ErrorKind::NotFound
     );
-    let untrusted = with(RegistryHostConfig::default());
+    let untrusted = with(HostOptions::default());
     let err = untrusted.get_manifest("v1").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable);
     assert!(err.to_string().contains(&mirror), "{err}");

@@ -124,18 +124,19 @@ impl ContainerManager {
                 let _ = fs::remove_dir_all(&b);
             }
         });
-        rootfs::mount_overlay(
-            &image.layers_dir,
-            &image.lower,
-            &layer_dir.join("upper"),
-            &layer_dir.join("work"),
-            &rootfs,
-        )
-        .map_err(io_err("mounting the container rootfs", &rootfs))?;
+        self.host
+            .mount_rootfs(
+                &image.layers_dir,
+                &image.lower,
+                &layer_dir.join("upper"),
+                &layer_dir.join("work"),
+                &rootfs,
+            )
+            .map_err(io_err("mounting the container rootfs", &rootfs))?;
         undo.push({
-            let r = rootfs.clone();
+            let (r, host) = (rootfs.clone(), self.host.clone());
             move || {
-                let _ = rootfs::unmount(&r);
+                let _ = host.unmount(&r);
             }
         });
 
@@ -357,9 +358,4 @@ pub(super) fn oom_floor() -> Option<i64> {
         .trim()
         .parse()
         .ok()
-}
-
-pub(super) fn swap_accounting() -> bool {
-    Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists()
-        || (rootfs::cgroup_v2() && Path::new("/sys/fs/cgroup/memory.swap.max").exists())
 }

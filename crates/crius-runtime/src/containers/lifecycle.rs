@@ -59,7 +59,7 @@ impl ContainerManager {
                 // that did died): the exit was lost.
                 if c.state == ContainerState::Running
                     && c.pid > 0
-                    && !crius_proc::alive(c.pid)
+                    && !self.host.alive(c.pid)
                     && !self.monitor_knows(&pod, &c.id)
                     && crius_monitor::read_exit_file(&exit_file)
                         .ok()
@@ -99,13 +99,13 @@ impl ContainerManager {
         }
         let pod = self.pods.get(&c.pod_id)?;
         let mut monitor = self.monitor(&pod)?;
-        // The monitor signals through the runtime; a container it does not know (left by a
-        // monitor that died) is signalled by the runtime directly.
+        // The monitor signals through the runtime; a container it does not own (left by a
+        // monitor that died) it signals through the runtime named in the request.
         let mut kill = |sig: i32, all: bool| {
             if monitor.kill(&c.id, sig, all).is_err()
-                && let (Ok(rt), Ok(sig)) = (self.oci_runtime(&c), Signal::try_from(sig))
+                && let Ok(rt) = self.foreign(&c)
             {
-                let _ = rt.kill(&c.id, sig, all);
+                let _ = monitor.kill_foreign(&c.id, sig, all, rt);
             }
         };
         if c.state == ContainerState::Created {
@@ -151,30 +151,28 @@ impl ContainerManager {
                 m.delete(&c.id, true)
                     .map_err(|e| monitor_failed(&c.id, "delete", e))
             });
-            // A container left by a monitor that died is unknown to its successor: the
-            // runtime deletes it directly (its state and cgroup would leak otherwise).
+            // A container left by a monitor that died is unknown to its successor, which
+            // deletes it through the runtime named in the request (its state and cgroup would
+            // leak otherwise).
             if let Err(e) = via_monitor.or_else(|_| {
-                self.oci_runtime(&c)?
-                    .delete(&c.id, true)
-                    .map_err(|e| RuntimeError::Monitor {
-                        id: c.id.clone(),
-                        op: "delete",
-                        kind: ErrorKind::Internal,
-                        message: e.to_string(),
-                    })
+                self.monitor(&pod)?
+                    .delete_foreign(&c.id, self.foreign(&c)?)
+                    .map_err(|e| monitor_failed(&c.id, "delete", e))
             }) {
                 warn!(container_id = %c.id, error = %e, "runtime delete failed");
             }
             let _ = fs::remove_file(Self::exit_dir(&pod).join(&c.id));
         }
-        rootfs::unmount(&c.rootfs).map_err(io_err("unmounting", &c.rootfs))?;
+        self.host
+            .unmount(&c.rootfs)
+            .map_err(io_err("unmounting", &c.rootfs))?;
         for b in &c.shared_binds {
             let in_use = self
                 .lock()
                 .values()
                 .any(|o| o.id != c.id && o.shared_binds.contains(b));
             if !in_use {
-                rootfs::unmount(b).map_err(io_err("unmounting", b))?;
+                self.host.unmount(b).map_err(io_err("unmounting", b))?;
             }
         }
         for dir in [&c.bundle, &c.layer_dir] {
@@ -224,14 +222,17 @@ impl ContainerManager {
                 source: e,
             }
         })?;
-        self.oci_runtime(&c)?
-            .update_resources(&c.id, &oci)
-            .map_err(|e| RuntimeError::Monitor {
-                id: c.id.clone(),
-                op: "update resources",
-                kind: ErrorKind::Internal,
-                message: e.to_string(),
-            })?;
+        // The runtime reads the new limits from a file in the bundle (root's only).
+        let file = c.bundle.join("resources.json");
+        let json = serde_json::to_vec(&oci).map_err(|e| invalid("resources", e.to_string()))?;
+        crius_state::atomic_write(&file, &json)?;
+        let pod = self.pods.get(&c.pod_id)?;
+        let updated = self
+            .monitor(&pod)?
+            .update(&c.id, &file)
+            .map_err(|e| monitor_failed(&c.id, "update resources", e));
+        let _ = fs::remove_file(&file);
+        updated?;
         c.config
             .linux
             .get_or_insert_with(Default::default)
@@ -245,7 +246,7 @@ impl ContainerManager {
     /// crius made (when the kubelet gave no cgroup_parent) goes away.
     pub fn release_pod(&self, pod: &PodRecord) {
         let socket = self.monitor_socket(pod);
-        if let Ok(mut m) = MonitorClient::connect(&socket) {
+        if let Ok(mut m) = self.host.connect_monitor(&socket) {
             let _ = m.set_timeout(Some(STATE_CALL_TIMEOUT));
             let _ = m.shutdown(true);
         }
@@ -256,9 +257,9 @@ impl ContainerManager {
             .as_ref()
             .is_none_or(|l| l.cgroup_parent.is_empty())
         {
-            rootfs::remove_cgroup(&default_cgroup_parent(pod));
+            self.host.remove_cgroup(&default_cgroup_parent(pod));
             // And /crius itself once no pod is left in it (EBUSY otherwise, ignored).
-            rootfs::remove_cgroup(rootfs::CRIUS_CGROUP);
+            self.host.remove_cgroup(rootfs::CRIUS_CGROUP);
         }
     }
 }

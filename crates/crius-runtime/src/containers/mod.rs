@@ -13,13 +13,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crius_monitor::{CreateRequest, ExecRequest, MonitorClient};
-use crius_oci::{
-    ImageConfig, NsSource, OciRuntime, PodFiles, PodNamespaces, SpecFeatures, SpecInput,
-};
+use crius_monitor::{CreateRequest, ExecRequest, ForeignRuntime, MonitorConn};
+use crius_oci::{ImageConfig, NsSource, PodFiles, PodNamespaces, SpecFeatures, SpecInput};
 use crius_state::{create_dir_all, create_dir_with_mode, read_json};
 use k8s_cri::v1::{ContainerConfig, NamespaceMode, PodSandboxConfig};
-use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -39,14 +36,16 @@ use crate::rootfs;
 mod cgroups;
 mod create;
 mod exec;
+mod host;
 mod lifecycle;
 mod monitor;
 mod stream_exec;
 use cgroups::default_cgroup_parent;
 pub(crate) use cgroups::{cgroups_path, pod_cgroup_parent};
-use create::{oom_floor, swap_accounting};
+use create::oom_floor;
 use exec::ExecSlots;
 pub use exec::{ExecCancel, ExecLimits};
+pub use host::{ContainerHost, HostContainers};
 pub use lifecycle::signal_number;
 use monitor::{STATE_CALL_TIMEOUT, monitor_failed};
 pub use stream_exec::ExecPlan;
@@ -178,6 +177,7 @@ pub struct ContainerManager {
     features: SpecFeatures,
     oom_floor: Option<i64>,
     exit_watch: ExitWatch,
+    host: Arc<dyn ContainerHost>,
 }
 
 /// Marks a container whose exit its monitor could not record (the monitor died).
@@ -206,6 +206,15 @@ impl ContainerManager {
         opts: ContainerManagerOptions,
         pods: Arc<PodManager>,
     ) -> Result<ContainerManager, RuntimeError> {
+        Self::open_with(opts, pods, Arc::new(HostContainers))
+    }
+
+    /// [`ContainerManager::open`] on a given host (a fake in lifecycle tests).
+    pub fn open_with(
+        opts: ContainerManagerOptions,
+        pods: Arc<PodManager>,
+        host: Arc<dyn ContainerHost>,
+    ) -> Result<ContainerManager, RuntimeError> {
         // No host user but root reaches a container's files (CVE-2021-41091 class): the
         // layers are under a 0700 dir, bundles under a 0711 one and each bundle is 0700.
         create_dir_with_mode(&opts.root_dir, 0o700)?;
@@ -231,10 +240,7 @@ impl ContainerManager {
                 }
             }
         }
-        let features = SpecFeatures {
-            recursive_read_only: false,
-            memory_swap: swap_accounting(),
-        };
+        let features = SpecFeatures::detect();
         let mgr = ContainerManager {
             opts,
             pods,
@@ -245,6 +251,7 @@ impl ContainerManager {
             features,
             oom_floor: oom_floor(),
             exit_watch: ExitWatch::default(),
+            host,
         };
         let ids: Vec<String> = mgr.lock().keys().cloned().collect();
         for id in ids {
@@ -264,17 +271,13 @@ impl ContainerManager {
         self.opts.root_dir.join(format!("{id}.json"))
     }
 
-    /// The OCI runtime of a container, called directly rather than through the pod's monitor.
-    pub(super) fn oci_runtime(
-        &self,
-        c: &ContainerRecord,
-    ) -> Result<crius_oci::CliRuntime, RuntimeError> {
-        Ok(crius_oci::CliRuntime::new(
-            c.runtime_handler.clone(),
-            self.runtime_path(&c.runtime_handler)?,
-            self.opts.runtime_root.join(&c.runtime_handler),
-            false,
-        ))
+    /// A container's OCI runtime, for a monitor that does not own the container (one a dead
+    /// monitor left) to kill or delete it.
+    pub(super) fn foreign(&self, c: &ContainerRecord) -> Result<ForeignRuntime, RuntimeError> {
+        Ok(ForeignRuntime {
+            runtime: self.runtime_path(&c.runtime_handler)?,
+            root: self.opts.runtime_root.join(&c.runtime_handler),
+        })
     }
 
     /// The OCI runtime binary of a runtime handler.

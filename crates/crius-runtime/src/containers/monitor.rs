@@ -62,7 +62,7 @@ impl ContainerManager {
     }
 
     /// The pod's monitor, started on first use, and started again if it died.
-    pub(super) fn monitor(&self, pod: &PodRecord) -> Result<MonitorClient, RuntimeError> {
+    pub(super) fn monitor(&self, pod: &PodRecord) -> Result<Box<dyn MonitorConn>, RuntimeError> {
         let client = self.monitor_unbounded(pod)?;
         client
             .set_timeout(Some(MONITOR_CALL_TIMEOUT))
@@ -70,22 +70,30 @@ impl ContainerManager {
         Ok(client)
     }
 
-    pub(super) fn monitor_unbounded(&self, pod: &PodRecord) -> Result<MonitorClient, RuntimeError> {
+    pub(super) fn monitor_unbounded(
+        &self,
+        pod: &PodRecord,
+    ) -> Result<Box<dyn MonitorConn>, RuntimeError> {
         let socket = self.monitor_socket(pod);
-        if let Ok(c) = MonitorClient::connect(&socket) {
+        if let Ok(c) = self.host.connect_monitor(&socket) {
             return Ok(c);
         }
         // One (re)start per pod at a time: two monitors must not race for the socket.
         let _guard = self.locks.lock(&format!("monitor/{}", pod.id));
-        if let Ok(c) = MonitorClient::connect(&socket) {
+        if let Ok(c) = self.host.connect_monitor(&socket) {
             return Ok(c);
         }
         let dir = pod.dir.join("monitor");
         create_dir_all(&dir, 0o700)?;
-        crius_monitor::spawn_detached(&self.opts.monitor_binary, &pod.id, &dir, &socket).map_err(
-            io_err("starting the pod monitor", &self.opts.monitor_binary),
-        )?;
-        let client = MonitorClient::connect(&socket)
+        self.host
+            .spawn_monitor(&self.opts.monitor_binary, &pod.id, &dir, &socket)
+            .map_err(io_err(
+                "starting the pod monitor",
+                &self.opts.monitor_binary,
+            ))?;
+        let client = self
+            .host
+            .connect_monitor(&socket)
             .map_err(io_err("connecting to the pod monitor", &socket))?;
         self.stop_orphans(pod)?;
         Ok(client)
@@ -94,7 +102,8 @@ impl ContainerManager {
     /// Whether the pod's running monitor owns container `id` (and so will record its exit).
     /// Asked only once the container's process is gone without an exit file.
     pub(super) fn monitor_knows(&self, pod: &PodRecord, id: &str) -> bool {
-        MonitorClient::connect(&self.monitor_socket(pod))
+        self.host
+            .connect_monitor(&self.monitor_socket(pod))
             .and_then(|mut m| {
                 // A status refresh must not hang on a hung monitor.
                 m.set_timeout(Some(STATE_CALL_TIMEOUT))?;
@@ -117,14 +126,26 @@ impl ContainerManager {
             if Self::exit_dir(pod).join(&c.id).exists() {
                 continue; // the old monitor recorded the exit: refresh reads it
             }
-            let alive = c.pid > 0 && crius_proc::alive(c.pid);
+            let alive = c.pid > 0 && self.host.alive(c.pid);
             if alive || c.state == ContainerState::Created {
-                // The new monitor does not know the container: the runtime kills it directly.
-                let _ = self.oci_runtime(&c)?.kill(&c.id, Signal::SIGKILL, true);
+                // The new monitor does not own the container: it kills it through the runtime
+                // named in the request.
+                let _ = self
+                    .host
+                    .connect_monitor(&self.monitor_socket(pod))
+                    .and_then(|mut m| {
+                        m.set_timeout(Some(MONITOR_CALL_TIMEOUT))?;
+                        m.kill_foreign(
+                            &c.id,
+                            libc::SIGKILL,
+                            true,
+                            self.foreign(&c).map_err(std::io::Error::other)?,
+                        )
+                    });
                 let gone = crius_proc::poll_until(
                     Duration::from_secs(5),
                     Duration::from_millis(20),
-                    || Ok::<_, RuntimeError>(!crius_proc::alive(c.pid)),
+                    || Ok::<_, RuntimeError>(!self.host.alive(c.pid)),
                 )?;
                 if !gone {
                     // Never report a container exited while its process still runs.

@@ -10,8 +10,8 @@ use tonic::Status;
 use crate::context::Context;
 use crate::status::{blocking, invalid};
 
-/// The CRI caps each stream at 16 MiB (CVE-2022-1708).
-const MAX_OUTPUT: usize = 16 * 1024 * 1024;
+/// The CRI caps each stream at 16 MiB (CVE-2022-1708), as the monitor does.
+const MAX_OUTPUT: usize = crius_runtime::EXEC_OUTPUT_LIMIT;
 /// Both streams share one response, which must fit the 16 MiB message limit (the kubelet's
 /// too): what is left after the exit code and protobuf framing.
 const MAX_RESPONSE_OUTPUT: usize = crate::MAX_MESSAGE - 1024;

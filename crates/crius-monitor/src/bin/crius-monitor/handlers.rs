@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use crius_monitor::cri_log::{Stream, now_unix_nanos};
 use crius_monitor::{
-    ContainerStatus, CreateRequest, ErrorCode, ExecRequest, ExecResult, MonitorError, OomCounter,
-    Request, Response,
+    ContainerStatus, CreateRequest, ErrorCode, ExecRequest, ExecResult, ForeignRuntime,
+    MonitorError, OomCounter, Request, Response,
 };
 
 use crate::container::Container;
@@ -21,8 +21,7 @@ use crate::runtime::{self, Stdio3};
 use crate::server::Monitor;
 use crate::sys;
 
-/// Exec output kept per stream; the rest is drained and dropped.
-const EXEC_OUTPUT_LIMIT: usize = 16 * 1024 * 1024;
+use crius_monitor::EXEC_OUTPUT_LIMIT;
 /// Runtime error output kept for error messages.
 const RUNTIME_OUTPUT_LIMIT: usize = 64 * 1024;
 /// create/start/kill/delete that take longer than this are killed.
@@ -56,6 +55,11 @@ fn runtime_failed(timed_out: bool, message: String) -> Response {
     error(code, message)
 }
 
+/// A container id the runtime's state directory can hold (it becomes a directory name).
+fn valid_id(id: &str) -> bool {
+    !(id.is_empty() || id.contains('/') || id.starts_with('.') || id.starts_with('-'))
+}
+
 fn not_found(id: &str) -> Response {
     error(ErrorCode::NotFound, format!("no such container: {id}"))
 }
@@ -73,7 +77,12 @@ impl Monitor {
                 self.simple_job(&id, conn, JobKind::Start { id: id.clone() }, &["start"])
             }
             Request::Exec(r) => self.exec(r, conn),
-            Request::Kill { id, signal, all } => {
+            Request::Kill {
+                id,
+                signal,
+                all,
+                foreign,
+            } => {
                 let sig = signal.to_string();
                 let mut args: Vec<&str> = vec!["kill"];
                 if all {
@@ -81,15 +90,21 @@ impl Monitor {
                 }
                 args.push(&id);
                 args.push(&sig);
-                self.job_with_args(&id, conn, JobKind::Kill, &args)
+                self.runtime_job(&id, foreign.as_ref(), conn, JobKind::Kill, &args)
             }
-            Request::Delete { id, force } => {
+            Request::Delete { id, force, foreign } => {
                 let mut args: Vec<&str> = vec!["delete"];
                 if force {
                     args.push("--force");
                 }
                 args.push(&id);
-                self.job_with_args(&id, conn, JobKind::Delete { id: id.clone() }, &args)
+                let kind = JobKind::Delete { id: id.clone() };
+                self.runtime_job(&id, foreign.as_ref(), conn, kind, &args)
+            }
+            Request::Update { id, resources } => {
+                let resources = resources.as_os_str().to_string_lossy().into_owned();
+                let args = ["update", "--resources", resources.as_str(), id.as_str()];
+                self.runtime_job(&id, None, conn, JobKind::Update, &args)
             }
             Request::ReopenLog { id } => Err(self.reopen_log(&id)),
             Request::State => Err(Response::State(
@@ -120,7 +135,7 @@ impl Monitor {
     }
 
     fn create(&mut self, req: CreateRequest, conn: u64) -> Result<Job, Response> {
-        if req.id.is_empty() || req.id.contains('/') || req.id.starts_with('.') {
+        if !valid_id(&req.id) {
             return Err(error(ErrorCode::Invalid, "invalid container id"));
         }
         if req.runtime.as_os_str().is_empty() || req.bundle.as_os_str().is_empty() {
@@ -254,10 +269,28 @@ impl Monitor {
         kind: JobKind,
         args: &[&str],
     ) -> Result<Job, Response> {
-        let Some(i) = self.find(id) else {
-            return Err(not_found(id));
+        self.runtime_job(id, None, conn, kind, args)
+    }
+
+    /// [`Monitor::job_with_args`], also for a container this monitor does not own when the
+    /// request names its runtime (`foreign`). A container the monitor owns always uses its
+    /// own runtime.
+    fn runtime_job(
+        &mut self,
+        id: &str,
+        foreign: Option<&ForeignRuntime>,
+        conn: u64,
+        kind: JobKind,
+        args: &[&str],
+    ) -> Result<Job, Response> {
+        let (runtime, runtime_root) = match (self.find(id), foreign) {
+            (Some(i), _) => {
+                let c = &self.containers[i];
+                (c.runtime.clone(), c.runtime_root.clone())
+            }
+            (None, Some(f)) if valid_id(id) => (f.runtime.clone(), f.root.clone()),
+            _ => return Err(not_found(id)),
         };
-        let c = &self.containers[i];
         let fail = |e| internal("creating pipes", e);
         let (out_r, out_w) = sys::pipe().map_err(fail)?;
         let (err_r, err_w) = sys::pipe().map_err(fail)?;
@@ -267,8 +300,8 @@ impl Monitor {
             stdout: Some(out_w),
             stderr: Some(err_w),
         };
-        let pid = runtime::spawn(&c.runtime, &c.runtime_root, &args, io)
-            .map_err(|e| internal(&format!("running {}", c.runtime.display()), e))?;
+        let pid = runtime::spawn(&runtime, &runtime_root, &args, io)
+            .map_err(|e| internal(&format!("running {}", runtime.display()), e))?;
         Ok(Job {
             pid,
             conn: Some(conn),
@@ -399,6 +432,13 @@ impl Monitor {
                     Response::Ok
                 } else {
                     failed(&job, "kill")
+                }
+            }
+            JobKind::Update => {
+                if ok {
+                    Response::Ok
+                } else {
+                    failed(&job, "update")
                 }
             }
             JobKind::Delete { id } => {

@@ -59,6 +59,7 @@ pub enum JobKind {
         id: String,
     },
     Kill,
+    Update,
     Delete {
         id: String,
     },
