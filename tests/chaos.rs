@@ -307,6 +307,7 @@ struct Chaos {
     unknown_ops: u64,
     _registry: Registry,
     _proxy: Proxy,
+    _dir: tempfile::TempDir,
 }
 
 impl Chaos {
@@ -343,8 +344,8 @@ impl Chaos {
     ) -> (Result<T, tonic::Status>, bool) {
         let fired = Arc::new(AtomicBool::new(false));
         let killer = kill.then(|| {
-            // Most RPCs take 5-60 ms here: the delay lands inside most of them.
-            let delay = Duration::from_micros(self.rng.below(60_000));
+            // Most RPCs take 5-60 ms here: the delay lands inside many of them.
+            let delay = Duration::from_micros(self.rng.below(40_000));
             let pid = self.daemon.pid().expect("daemon runs") as i32;
             let fired = fired.clone();
             tokio::spawn(async move {
@@ -721,13 +722,13 @@ impl Chaos {
 
     /// Kills one pod's monitor: its containers' exits can no longer be recorded, so each is
     /// reported exited (any code) from then on, or still running until that is noticed.
-    fn kill_a_monitor(&mut self) {
+    fn kill_a_monitor(&mut self) -> bool {
         let monitors: Vec<(i32, String)> = tagged_processes(&self.tag)
             .into_iter()
             .filter(|(_, cmd)| cmd.contains("crius-monitor"))
             .collect();
         let Some((pid, cmd)) = self.rng.pick(&monitors).cloned() else {
-            return;
+            return false;
         };
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
@@ -742,6 +743,7 @@ impl Chaos {
                 }
             }
         }
+        true
     }
 
     async fn restart_and_check(&mut self) -> Result<()> {
@@ -913,17 +915,19 @@ impl Chaos {
             let m = self.model.ctrs.get_mut(&id).unwrap();
             let state =
                 ContainerState::try_from(s.state).unwrap_or(ContainerState::ContainerUnknown);
-            let ok = match (m.expect, state) {
-                (CtrExpect::Any, _) => true,
-                (CtrExpect::Created, ContainerState::ContainerCreated) => true,
-                (CtrExpect::Running, ContainerState::ContainerRunning) => true,
-                (CtrExpect::RunningOrExited, ContainerState::ContainerRunning) => true,
-                (
-                    CtrExpect::RunningOrExited | CtrExpect::Exited,
-                    ContainerState::ContainerExited,
-                ) => true,
-                _ => false,
-            };
+            let ok = matches!(
+                (m.expect, state),
+                (CtrExpect::Any, _)
+                    | (CtrExpect::Created, ContainerState::ContainerCreated)
+                    | (
+                        CtrExpect::Running | CtrExpect::RunningOrExited,
+                        ContainerState::ContainerRunning
+                    )
+                    | (
+                        CtrExpect::RunningOrExited | CtrExpect::Exited,
+                        ContainerState::ContainerExited
+                    )
+            );
             if !ok {
                 found.push(format!(
                     "container {id} ({}) is {state:?}, expected {:?}",
@@ -1044,23 +1048,41 @@ impl Chaos {
             }
         }
         let daemon_pid = self.daemon.pid().map(|p| p as i32);
+        // PID namespaces pinned for pods the client still has.
         let pinned: Vec<u64> = crius_testkit::cleanup::mounts()
             .into_iter()
             .filter(|m| m.fs_type == "nsfs" && m.mount_point.starts_with(&base))
+            .filter(|m| {
+                self.model
+                    .pods
+                    .keys()
+                    .any(|id| m.mount_point.to_string_lossy().contains(id.as_str()))
+            })
             .filter_map(|m| std::fs::metadata(&m.mount_point).ok().map(|md| md.ino()))
             .collect();
         for (pid, cmd) in tagged_processes(&self.tag) {
             if Some(pid) == daemon_pid {
                 continue;
             }
-            // A pod's crius-init lives in the pod's pinned PID namespace.
-            let in_live_pod = std::fs::metadata(format!("/proc/{pid}/ns/pid"))
-                .is_ok_and(|m| pinned.contains(&m.ino()));
-            let is_live_monitor = cmd.contains("crius-monitor") && owned(&cmd);
-            // A created container's `runc init` inherits the monitor's environment.
-            let in_live_container = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-                .is_ok_and(|cg| cg.lines().any(|l| l.contains("/crius-") && owned(l)));
-            if !in_live_pod && !is_live_monitor && !in_live_container {
+            // A created container's `runc init` inherits the monitor's environment: it
+            // belongs to the container whose cgroup it is in.
+            let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+            let container = cgroup
+                .lines()
+                .filter_map(|l| l.rsplit('/').next())
+                .filter_map(|leaf| leaf.strip_prefix("crius-"))
+                .find(|cid| cid.len() == 64)
+                .map(str::to_string);
+            let ok = match container {
+                Some(cid) => self.model.ctrs.contains_key(&cid),
+                // A pod's crius-init lives in the pod's pinned PID namespace.
+                None => {
+                    std::fs::metadata(format!("/proc/{pid}/ns/pid"))
+                        .is_ok_and(|m| pinned.contains(&m.ino()))
+                        || (cmd.contains("crius-monitor") && owned(&cmd))
+                }
+            };
+            if !ok {
                 found.push(format!("process {pid} ({cmd}) belongs to nothing listed"));
             }
         }
@@ -1154,6 +1176,65 @@ impl Chaos {
     }
 }
 
+impl Chaos {
+    /// A registry with busybox, a bridge network of its own and a daemon tagged for leak
+    /// checks; `env` goes to the daemon too.
+    async fn start(seed: u64, handler: String, env: Vec<(String, String)>) -> Result<Chaos> {
+        prepare_runtime(&handler);
+
+        let dir = tempfile::tempdir()?;
+        let mut rng = Rng(seed);
+        let n = (std::process::id() as u16) ^ (rng.next() as u16);
+        let net = Net::new(dir.path(), n)?;
+        let tag = format!("{}-{seed}", std::process::id());
+        let cgroup_parent = format!("/crius-chaos-{tag}");
+        let registry = Registry::start_plain()?;
+        let proxy = Proxy::start(&registry.addr(), FaultMode::PassThrough)?;
+        push_image(
+            &registry,
+            "library/busybox",
+            "latest",
+            &image::busybox_image(),
+        )
+        .await?;
+        let own_plugins = Path::new(CRIUSD).parent().context("criusd dir")?;
+        let config = format!(
+            "{}fallback_to_upstream = false\n\n[network]\nconf_dir = \"{}\"\nbin_dirs = [\"{}\", \"/usr/lib/cni\"]\nwrite_default_config = false\n",
+            crius_testkit::mirror_config(&proxy.url(), "10s"),
+            net.conf_dir.display(),
+            own_plugins.display(),
+        );
+        let mut opts = DaemonOptions::new(CRIUSD).config(config).log_level("info");
+        opts.env.push(("CRIUS_CHAOS_TAG".into(), tag.clone()));
+        opts.ready_timeout = Duration::from_secs(90);
+        opts.env.extend(env);
+        let daemon = Daemon::start(opts).await?;
+        common::pull(&daemon, "busybox", None).await?;
+
+        Ok(Chaos {
+            daemon,
+            net,
+            rng,
+            model: Model::default(),
+            tag,
+            cgroup_parent,
+            log_dir: tempfile::tempdir()?,
+            handler,
+            seq: 0,
+            violations: Vec::new(),
+            ops_done: 0,
+            kills_criusd: 0,
+            kills_monitor: 0,
+            restarts: 0,
+            created: 0,
+            unknown_ops: 0,
+            _registry: registry,
+            _proxy: proxy,
+            _dir: dir,
+        })
+    }
+}
+
 /// Random CRI operations with SIGKILLs of criusd and pod monitors; zero violations expected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn root_chaos_random_operations_with_kills() -> Result<()> {
@@ -1169,56 +1250,7 @@ async fn root_chaos_random_operations_with_kills() -> Result<()> {
     eprintln!(
         "chaos: seed {seed} ops {ops} kills {kills} runtime {handler} (CHAOS_SEED={seed} reproduces)"
     );
-    prepare_runtime(&handler);
-
-    let dir = tempfile::tempdir()?;
-    let mut rng = Rng(seed);
-    let n = (std::process::id() as u16) ^ (rng.next() as u16);
-    let net = Net::new(dir.path(), n)?;
-    let tag = format!("{}-{seed}", std::process::id());
-    let cgroup_parent = format!("/crius-chaos-{tag}");
-    let registry = Registry::start_plain()?;
-    let proxy = Proxy::start(&registry.addr(), FaultMode::PassThrough)?;
-    push_image(
-        &registry,
-        "library/busybox",
-        "latest",
-        &image::busybox_image(),
-    )
-    .await?;
-    let own_plugins = Path::new(CRIUSD).parent().context("criusd dir")?;
-    let config = format!(
-        "{}fallback_to_upstream = false\n\n[network]\nconf_dir = \"{}\"\nbin_dirs = [\"{}\", \"/usr/lib/cni\"]\nwrite_default_config = false\n",
-        crius_testkit::mirror_config(&proxy.url(), "10s"),
-        net.conf_dir.display(),
-        own_plugins.display(),
-    );
-    let mut opts = DaemonOptions::new(CRIUSD).config(config).log_level("info");
-    opts.env.push(("CRIUS_CHAOS_TAG".into(), tag.clone()));
-    opts.ready_timeout = Duration::from_secs(90);
-    let daemon = Daemon::start(opts).await?;
-    common::pull(&daemon, "busybox", None).await?;
-
-    let mut chaos = Chaos {
-        daemon,
-        net,
-        rng,
-        model: Model::default(),
-        tag,
-        cgroup_parent,
-        log_dir: tempfile::tempdir()?,
-        handler,
-        seq: 0,
-        violations: Vec::new(),
-        ops_done: 0,
-        kills_criusd: 0,
-        kills_monitor: 0,
-        restarts: 0,
-        created: 0,
-        unknown_ops: 0,
-        _registry: registry,
-        _proxy: proxy,
-    };
+    let mut chaos = Chaos::start(seed, handler, Vec::new()).await?;
     let started = Instant::now();
     let result = run(&mut chaos, ops, kills).await;
     let summary = format!(
@@ -1259,14 +1291,152 @@ async fn run(chaos: &mut Chaos, ops: u64, kills: u64) -> Result<()> {
         if kill {
             kills_left -= 1;
             // One kill in four hits a pod monitor instead of criusd.
-            if chaos.rng.below(4) == 0 && !chaos.model.pods.is_empty() {
-                chaos.kill_a_monitor();
+            // (criusd instead when no monitor runs).
+            if chaos.rng.below(4) == 0 && chaos.kill_a_monitor() {
                 chaos.op(false).await?;
                 continue;
             }
             chaos.kills_criusd += 1;
         }
         chaos.op(kill).await?;
+    }
+    chaos.final_cleanup().await
+}
+
+/// A crash at each named step of RunPodSandbox and CreateContainer (criusd aborts there,
+/// `CRIUS_TEST_CRASH_AT_FILE`): after the restart the pod or container is listed when its
+/// record was written and nothing of it exists otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_a_crash_at_each_step_is_finished_or_undone_by_the_restart() -> Result<()> {
+    let crash_dir = tempfile::tempdir()?;
+    let crash_file = crash_dir.path().join("crash-at");
+    let handler = std::env::var("CHAOS_RUNTIME").unwrap_or_else(|_| "runc".into());
+    let mut chaos = Chaos::start(
+        0x5eed_c0de,
+        handler.clone(),
+        vec![(
+            "CRIUS_TEST_CRASH_AT_FILE".into(),
+            crash_file.display().to_string(),
+        )],
+    )
+    .await?;
+    let result = crash_steps(&mut chaos, &crash_file, &handler).await;
+    let cgroup_parent = chaos.cgroup_parent.clone();
+    let violations = std::mem::take(&mut chaos.violations);
+    let log = chaos.daemon.log_tail(60);
+    drop(chaos);
+    remove_cgroup_tree(&cgroup_parent);
+    result?;
+    assert!(
+        violations.is_empty(),
+        "{}\n--- daemon log tail ---\n{log}",
+        violations.join("\n")
+    );
+    Ok(())
+}
+
+async fn crash_steps(chaos: &mut Chaos, crash_file: &Path, handler: &str) -> Result<()> {
+    // Steps before the record: nothing may be listed; the record step: listed.
+    let pod_steps = [
+        ("pod.dir", false),
+        ("pod.pinned", false),
+        ("pod.shm", false),
+        ("pod.network", false),
+        ("pod.record", true),
+    ];
+    for (step, listed) in pod_steps {
+        std::fs::write(crash_file, step)?;
+        let name = chaos.next_name("p");
+        let config = chaos.pod_config(&name);
+        let r = chaos
+            .rt()
+            .await?
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(config),
+                runtime_handler: handler.into(),
+            })
+            .await;
+        assert!(r.is_err(), "{step}: RunPodSandbox answered {r:?}");
+        assert!(
+            !crash_file.exists(),
+            "{step}: criusd never reached the step"
+        );
+        chaos.model.unknown_pod_names.push(name.clone());
+        chaos.restart_and_check().await?;
+        let found = chaos.model.pods.values().any(|p| p.name == name);
+        assert_eq!(found, listed, "{step}: pod listed after the restart");
+        eprintln!(
+            "chaos: crash at {step}: {} violations so far",
+            chaos.violations.len()
+        );
+    }
+    // A pod to create containers in (the one recorded above, if listed, is removed first).
+    let leftovers: Vec<String> = chaos.model.pods.keys().cloned().collect();
+    for id in leftovers {
+        let mut rt = chaos.rt().await?;
+        rt.stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await?;
+        rt.remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await?;
+        chaos.forget_pod(&id);
+    }
+    let name = chaos.next_name("p");
+    let config = chaos.pod_config(&name);
+    let pod = chaos
+        .rt()
+        .await?
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: handler.into(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    chaos.model.pods.insert(
+        pod.clone(),
+        PodModel {
+            name,
+            expect: PodExpect::Ready,
+        },
+    );
+    let ctr_steps = [
+        ("container.rootfs", false),
+        ("container.spec", false),
+        ("container.created", false),
+        ("container.record", true),
+    ];
+    for (step, listed) in ctr_steps {
+        std::fs::write(crash_file, step)?;
+        let name = chaos.next_name("c");
+        let r = chaos
+            .rt()
+            .await?
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(container(&name, &["sleep", "3600"])),
+                sandbox_config: None,
+            })
+            .await;
+        assert!(r.is_err(), "{step}: CreateContainer answered {r:?}");
+        assert!(
+            !crash_file.exists(),
+            "{step}: criusd never reached the step"
+        );
+        chaos
+            .model
+            .unknown_ctr_names
+            .push((pod.clone(), name.clone()));
+        chaos.restart_and_check().await?;
+        let found = chaos.model.ctrs.values().any(|c| c.name == name);
+        assert_eq!(found, listed, "{step}: container listed after the restart");
+        eprintln!(
+            "chaos: crash at {step}: {} violations so far",
+            chaos.violations.len()
+        );
     }
     chaos.final_cleanup().await
 }
