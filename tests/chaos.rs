@@ -755,6 +755,9 @@ impl Chaos {
             self.restarts,
             started.elapsed()
         );
+        if started.elapsed() > Duration::from_secs(5) {
+            self.print_warnings();
+        }
         self.resolve_unknowns().await?;
         self.check().await
     }
@@ -994,10 +997,33 @@ impl Chaos {
             }
         }
         found.extend(self.leaks());
+        if !found.is_empty() {
+            self.print_warnings();
+        }
         for f in found {
             self.violation(f);
         }
         Ok(())
+    }
+
+    /// What the daemon said around its last start: its warnings and recovery steps.
+    fn print_warnings(&self) {
+        {
+            let log = self.daemon.log();
+            let since = log.rfind("pod records loaded").unwrap_or(0);
+            let start = log[..since].rfind('\n').map_or(0, |i| i + 1);
+            let before = log[..start].lines().rev().take(200).collect::<Vec<_>>();
+            let warnings: Vec<&str> = before
+                .into_iter()
+                .rev()
+                .chain(log[start..].lines())
+                .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("recovery"))
+                .collect();
+            eprintln!(
+                "chaos: daemon warnings around the restart:\n{}",
+                warnings.join("\n")
+            );
+        }
     }
 
     /// Everything of this daemon on the host that belongs to no pod or container the client

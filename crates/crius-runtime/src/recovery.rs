@@ -300,8 +300,22 @@ pub(crate) fn undo_pod(
     let mut first: Option<RuntimeError> = None;
     let ns_dir = dir.join("ns");
     kill_pid_namespace(&ns_dir.join("pid"));
-    // DEL also without a netns or a cache entry: IPAM and NAT state outlive the namespace.
-    if let Err(source) = network.teardown(id, net_pin, config) {
+    // DEL also without a netns or a cache entry: IPAM and NAT state outlive the namespace. A
+    // pin file that was never bind-mounted is no namespace: DEL goes without one.
+    let netns = if mounts_under(net_pin).iter().any(|m| m == net_pin) {
+        net_pin
+    } else {
+        Path::new("")
+    };
+    // A pin caught half-made may not be enterable: DEL then goes without the namespace too.
+    let del = network.teardown(id, netns, config).or_else(|e| {
+        if netns.as_os_str().is_empty() {
+            return Err(e);
+        }
+        warn!(pod_id = %id, error = %e, "recovery: CNI DEL in the pinned netns failed; retrying without it");
+        network.teardown(id, Path::new(""), config)
+    });
+    if let Err(source) = del {
         first.get_or_insert(RuntimeError::Network {
             pod_id: id.into(),
             source,
@@ -422,12 +436,47 @@ fn cgroups_path_of(bundle: &Path) -> Option<String> {
     spec["linux"]["cgroupsPath"].as_str().map(str::to_string)
 }
 
+/// Runtime commands (`runc create … <id>`) still running for container `id`: a crash inside
+/// CreateContainer leaves the pod's monitor running one. Waits for them (bounded, then kills
+/// them) so the undo does not race a create that completes afterwards.
+fn settle_runtime_commands(id: &str, handlers: &BTreeMap<String, PathBuf>) {
+    let running = || -> Vec<i32> {
+        fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
+                let cmd = fs::read(e.path().join("cmdline")).ok()?;
+                let mut args = cmd.split(|b| *b == 0).filter(|a| !a.is_empty());
+                let bin = Path::new(std::str::from_utf8(args.next()?).ok()?);
+                let ours = handlers.values().any(|h| h == bin);
+                (ours && args.any(|a| a == id.as_bytes())).then_some(pid)
+            })
+            .collect()
+    };
+    let settled =
+        crius_proc::poll_until(Duration::from_secs(30), Duration::from_millis(20), || {
+            Ok::<_, std::io::Error>(running().is_empty())
+        });
+    if !matches!(settled, Ok(true)) {
+        for pid in running() {
+            warn!(container_id = %id, pid, "recovery: killing a runtime command that did not finish");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 /// Undoes whatever CreateContainer may have built for container `id`.
 fn undo_container(
     p: &ContainerPaths<'_>,
     id: &str,
     intent: Option<&ContainerIntent>,
 ) -> Result<(), RuntimeError> {
+    settle_runtime_commands(id, p.handlers);
     // The pod's monitor may hold it (created, waiting for start): it deletes it, with the
     // runtime's state and cgroup.
     if let Some(pod_id) = intent.map(|i| i.pod_id.as_str()) {
