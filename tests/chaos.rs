@@ -1165,13 +1165,11 @@ impl Chaos {
                     pod_sandbox_id: p.id.clone(),
                 })
                 .await;
-            if let Err(e) = stop.and(remove) {
-                self.violation(format!("cleanup of pod {}: {e}", p.id));
+            match stop.and(remove) {
+                Ok(_) => self.forget_pod(&p.id),
+                Err(e) => self.violation(format!("cleanup of pod {}: {e}", p.id)),
             }
-            self.forget_pod(&p.id);
         }
-        self.model.pods.clear();
-        self.model.ctrs.clear();
         self.restart_and_check().await?;
         let mut found = Vec::new();
         if self.net.nft_rules_left() {

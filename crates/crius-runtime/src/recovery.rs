@@ -456,12 +456,14 @@ fn settle_runtime_commands(id: &str, handlers: &BTreeMap<String, PathBuf>) {
             .collect()
     };
     let settled =
-        crius_proc::poll_until(Duration::from_secs(30), Duration::from_millis(20), || {
+        crius_proc::poll_until(Duration::from_secs(10), Duration::from_millis(20), || {
             Ok::<_, std::io::Error>(running().is_empty())
         });
     if !matches!(settled, Ok(true)) {
         for pid in running() {
-            warn!(container_id = %id, pid, "recovery: killing a runtime command that did not finish");
+            // Where it waits, for the log: a create should never take this long.
+            let wchan = fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+            warn!(container_id = %id, pid, %wchan, "recovery: killing a runtime command that did not finish");
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
