@@ -437,9 +437,19 @@ fn cgroups_path_of(bundle: &Path) -> Option<String> {
 }
 
 /// Runtime commands (`runc create … <id>`) still running for container `id`: a crash inside
-/// CreateContainer leaves the pod's monitor running one. Waits for them (bounded, then kills
+/// CreateContainer leaves the pod's monitor running one. Waits for them (3 s, then kills
 /// them) so the undo does not race a create that completes afterwards.
 fn settle_runtime_commands(id: &str, handlers: &BTreeMap<String, PathBuf>) {
+    // Runtime commands run in our PID namespace and outside the container's cgroup; a created
+    // container's init (which for crun still carries the `create` command line) is in the
+    // container's namespace or cgroup and is left alone.
+    let container_cgroup = format!("crius-{id}");
+    let ns = |pid: &str| {
+        fs::metadata(format!("/proc/{pid}/ns/pid"))
+            .map(|m| m.ino())
+            .ok()
+    };
+    let own_ns = ns("self");
     let running = || -> Vec<i32> {
         fs::read_dir("/proc")
             .into_iter()
@@ -447,6 +457,12 @@ fn settle_runtime_commands(id: &str, handlers: &BTreeMap<String, PathBuf>) {
             .flatten()
             .filter_map(|e| {
                 let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
+                if ns(&pid.to_string()) != own_ns
+                    || fs::read_to_string(e.path().join("cgroup"))
+                        .is_ok_and(|cg| cg.contains(&container_cgroup))
+                {
+                    return None;
+                }
                 let cmd = fs::read(e.path().join("cmdline")).ok()?;
                 let mut args = cmd.split(|b| *b == 0).filter(|a| !a.is_empty());
                 let bin = Path::new(std::str::from_utf8(args.next()?).ok()?);
@@ -455,10 +471,9 @@ fn settle_runtime_commands(id: &str, handlers: &BTreeMap<String, PathBuf>) {
             })
             .collect()
     };
-    let settled =
-        crius_proc::poll_until(Duration::from_secs(10), Duration::from_millis(20), || {
-            Ok::<_, std::io::Error>(running().is_empty())
-        });
+    let settled = crius_proc::poll_until(Duration::from_secs(3), Duration::from_millis(20), || {
+        Ok::<_, std::io::Error>(running().is_empty())
+    });
     if !matches!(settled, Ok(true)) {
         for pid in running() {
             // Where it waits, for the log: a create should never take this long.
