@@ -138,7 +138,7 @@ fn init_tracing(config: &Config) {
 }
 
 async fn run(config: Config) -> Result<()> {
-    let lock = crius_state::RootLock::acquire(&config.root)?;
+    let lock = acquire_root_lock(&config.root).await?;
     // Pod init processes and container processes whose parents exit are reparented to us
     // rather than to the host's init, which may never reap them.
     // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes plain integers.
@@ -273,6 +273,21 @@ fn cni_options(config: &Config) -> CniOptions {
         bin_dirs,
         cache_dir: config.root.join("cni"),
         ..CniOptions::default()
+    }
+}
+
+/// The root lock. A predecessor killed a moment ago may still share the lock through a
+/// child it forked that has not yet exec'd (the fd is close-on-exec): wait a little for that
+/// before reporting another criusd.
+async fn acquire_root_lock(root: &Path) -> Result<crius_state::RootLock> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        match crius_state::RootLock::acquire(root) {
+            Err(crius_state::StateError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            r => return Ok(r?),
+        }
     }
 }
 

@@ -23,6 +23,7 @@ mod ops;
 mod pods;
 mod record;
 mod records;
+mod recovery;
 mod rollback;
 mod rootfs;
 mod runtime;

@@ -94,6 +94,14 @@ impl PodManager {
             }
         }
         info!(pods = pods.len(), "pod records loaded");
+        // Finish or undo what a crash left half-built before anything new starts.
+        crate::recovery::recover_pods(
+            &opts.records_dir,
+            &opts.state_dir,
+            ops.as_ref(),
+            network.as_ref(),
+            &pods,
+        );
         Ok(PodManager {
             opts,
             ops,
@@ -166,8 +174,25 @@ impl PodManager {
 
         let id = new_id();
         let dir = self.opts.state_dir.join("pods").join(&id);
+        // The intent is on disk before the first side effect: a crash from here on is undone
+        // on the next start (recovery.rs).
+        let records_dir = self.opts.records_dir.clone();
+        crate::recovery::write_intent(
+            &records_dir,
+            &id,
+            &crate::recovery::PodIntent {
+                id: id.clone(),
+                state: crate::recovery::IntentState::Creating,
+                dir: dir.clone(),
+                net_pin: self.opts.state_dir.join("netns").join(&id),
+                config: config.clone(),
+            },
+        )?;
         let mut undo = Rollback::default();
+        let i = id.clone();
+        undo.push(move || crate::recovery::remove_intent(&records_dir, &i));
         create_dir_with_mode(&dir, 0o700)?;
+        crate::recovery::crash_point("pod.dir");
         let d = dir.clone();
         undo.push(move || {
             let _ = fs::remove_dir_all(&d);
@@ -208,6 +233,7 @@ impl PodManager {
                 warn!(error = %e, "rollback: unpinning namespaces failed");
             }
         });
+        crate::recovery::crash_point("pod.pinned");
         // The pod's PID 1 belongs to the pod: its memory and pids count against the pod's
         // cgroup when the kubelet names one.
         let cgroup_parent = config
@@ -234,6 +260,7 @@ impl PodManager {
             undo.push(move || {
                 let _ = ops.unmount_shm(&s);
             });
+            crate::recovery::crash_point("pod.shm");
             (shm, true)
         } else {
             (PathBuf::from("/dev/shm"), false)
@@ -270,6 +297,7 @@ impl PodManager {
                 }
             });
         }
+        crate::recovery::crash_point("pod.network");
         crius_sandbox::write_hosts(&hosts_file, &plan.hostname, &ips).map_err(sandbox_err)?;
 
         let record = PodRecord {
@@ -288,8 +316,10 @@ impl PodManager {
             ips: ips.iter().map(|ip| ip.to_string()).collect(),
         };
         write_json(&self.record_path(&id), &record)?;
+        crate::recovery::crash_point("pod.record");
         self.lock_pods().insert(id.clone(), record);
         undo.disarm();
+        crate::recovery::remove_intent(&self.opts.records_dir, &id);
         self.events.publish(&id, &id, EventKind::Created);
         self.events.publish(&id, &id, EventKind::Started);
         info!(pod_id = %id, "pod sandbox ready");

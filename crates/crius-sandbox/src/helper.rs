@@ -82,9 +82,15 @@ pub(crate) struct Running {
 
 /// Spawns the helper and reads its first stdout line. If there is none, the helper failed:
 /// it is reaped and its stderr becomes the error.
+/// Set in the environment of the helper and so of the pod's crius-init: a daemon restarted
+/// after a crash finds the init of a pod it never recorded by it (the init runs before its
+/// namespace is pinned, so nothing else leads to it).
+pub const POD_ID_ENV: &str = "CRIUS_POD_ID";
+
 pub(crate) fn run(pinns: &Path, pod_id: &str, args: &[String]) -> Result<Running, SandboxError> {
     let mut child = Command::new(pinns)
         .args(args)
+        .env(POD_ID_ENV, pod_id)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

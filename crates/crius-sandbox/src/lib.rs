@@ -21,7 +21,7 @@ pub use error::SandboxError;
 pub use files::{
     DnsConfig, write_hostname, write_hosts, write_resolv_conf, write_resolv_conf_from,
 };
-pub use helper::{Helpers, find_helper, helper_path};
+pub use helper::{Helpers, POD_ID_ENV, find_helper, helper_path};
 pub use mounter::{HostMounter, Mounter};
 pub use ns::{NsType, PinRequest, PinnedNamespaces, pin_namespaces, pin_namespaces_with, unpin};
 pub use pid::{DEFAULT_STOP_GRACE, PodInit, start_pod_init, start_pod_init_with, stop_pod_init};

@@ -107,7 +107,26 @@ impl ContainerManager {
         let layer_dir = self.opts.root_dir.join(&id);
         let bundle = self.opts.state_dir.join(&id);
         let rootfs = bundle.join("rootfs");
+        // The intent is on disk before the first side effect: a crash from here on is undone
+        // on the next start (recovery.rs).
+        let root_dir = self.opts.root_dir.clone();
+        crate::recovery::write_intent(
+            &root_dir,
+            &id,
+            &crate::recovery::ContainerIntent {
+                id: id.clone(),
+                state: crate::recovery::IntentState::Creating,
+                pod_id: pod.id.clone(),
+                runtime_handler: pod.runtime_handler.clone(),
+                bundle: bundle.clone(),
+                rootfs: rootfs.clone(),
+                layer_dir: layer_dir.clone(),
+                cgroups_path: cgroups_path(&pod, &id),
+            },
+        )?;
         let mut undo = Rollback::default();
+        let i = id.clone();
+        undo.push(move || crate::recovery::remove_intent(&root_dir, &i));
         create_dir_with_mode(&layer_dir, 0o700)?;
         create_dir_with_mode(&bundle, 0o700)?;
         for d in [
@@ -139,6 +158,7 @@ impl ContainerManager {
                 let _ = host.unmount(&r);
             }
         });
+        crate::recovery::crash_point("container.rootfs");
 
         for (i, m) in config.mounts.iter().enumerate() {
             check_propagation(i, m)?;
@@ -175,6 +195,7 @@ impl ContainerManager {
         let spec_json =
             serde_json::to_vec_pretty(&spec).map_err(|e| invalid("spec", e.to_string()))?;
         crius_state::atomic_write(&bundle.join("config.json"), &spec_json)?;
+        crate::recovery::crash_point("container.spec");
 
         let log_path = match (pod.config.log_directory.as_str(), config.log_path.as_str()) {
             ("", _) | (_, "") => PathBuf::new(),
@@ -202,6 +223,7 @@ impl ContainerManager {
                 exit_dir,
             })
             .map_err(|e| monitor_failed(&id, "create", e))?;
+        crate::recovery::crash_point("container.created");
 
         let record = ContainerRecord {
             id: id.clone(),
@@ -244,7 +266,9 @@ impl ContainerManager {
             let _ = monitor.delete(&id, true);
             return Err(e);
         }
+        crate::recovery::crash_point("container.record");
         undo.disarm();
+        crate::recovery::remove_intent(&self.opts.root_dir, &id);
         info!(container_id = %id, pod_id = %pod.id, "container created");
         Ok(id)
     }

@@ -56,8 +56,8 @@ impl ContainerManager {
             }
             Ok(None) => {
                 // Its process is gone, nothing was recorded and no monitor owns it (the one
-                // that did died): the exit was lost.
-                if c.state == ContainerState::Running
+                // that did died): the exit was lost. Also for a created one: it can never start.
+                if c.state != ContainerState::Exited
                     && c.pid > 0
                     && !self.host.alive(c.pid)
                     && !self.monitor_knows(&pod, &c.id)

@@ -240,6 +240,27 @@ impl ContainerManager {
                 }
             }
         }
+        // Finish or undo what a crash left half-built, and stop monitors of removed pods.
+        let socket_dir = opts.monitor_socket_dir.clone();
+        let monitor_socket = move |pod_id: &str| {
+            socket_dir.join(format!("{}.sock", &pod_id[..pod_id.len().min(16)]))
+        };
+        let exit_dir = |pod_id: &str| pods.find(pod_id).ok().flatten().map(|p| Self::exit_dir(&p));
+        crate::recovery::recover_containers(
+            &crate::recovery::ContainerPaths {
+                root_dir: &opts.root_dir,
+                state_dir: &opts.state_dir,
+                runtime_root: &opts.runtime_root,
+                handlers: &opts.handlers,
+                monitor_socket: &monitor_socket,
+                exit_dir: &exit_dir,
+            },
+            &containers.keys().cloned().collect(),
+        );
+        let live_pods = pods.list(&crate::pods::PodFilter::default());
+        crate::recovery::sweep_monitors(&opts.monitor_socket_dir, |short| {
+            live_pods.iter().any(|p| p.id.starts_with(short))
+        });
         let features = SpecFeatures::detect();
         let mgr = ContainerManager {
             opts,
