@@ -85,13 +85,13 @@ impl CgroupfsManager {
                 let parent = dir.clone();
                 dir.push(part);
                 match std::fs::create_dir(&dir) {
-                    Ok(()) => {
-                        if !v2 {
-                            inherit_cpuset(&parent, &dir);
-                        }
-                    }
+                    Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                     Err(e) => return Err(io_err("creating cgroup", &dir)(e)),
+                }
+                // Also for levels that existed: one made without a cpuset holds no process.
+                if !v2 {
+                    inherit_cpuset(&parent, &dir);
                 }
             }
         }
@@ -194,7 +194,8 @@ fn enable_controllers(dir: &Path) {
     }
 }
 
-/// A new v1 cpuset cgroup has no CPUs and no memory nodes, so no process could join it.
+/// A new v1 cpuset cgroup has no CPUs and no memory nodes, so no process could join it: it
+/// gets its parent's (only where it has none).
 fn inherit_cpuset(parent: &Path, dir: &Path) {
     for file in ["cpuset.cpus", "cpuset.mems"] {
         let own = dir.join(file);

@@ -4,6 +4,13 @@
 use std::fmt::Debug;
 use std::sync::Mutex;
 
+mod busctl;
+#[cfg(feature = "zbus")]
+mod dbus;
+pub use busctl::Busctl;
+#[cfg(feature = "zbus")]
+pub use dbus::DbusSystemd;
+
 use crate::error::CgroupError;
 use crate::resources::Property;
 

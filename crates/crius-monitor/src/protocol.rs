@@ -81,6 +81,9 @@ pub struct CreateRequest {
     pub tty: bool,
     /// Directory receiving the exit file `<exit_dir>/<id>`.
     pub exit_dir: PathBuf,
+    /// Run the runtime with `--systemd-cgroup` (crius's systemd cgroup driver): it then
+    /// reads the bundle's cgroupsPath as `slice:prefix:name` and asks systemd for a scope.
+    pub systemd_cgroup: bool,
 }
 
 /// The user an exec'd process runs as.
@@ -442,7 +445,8 @@ impl Request {
                     .flag("stdin", c.stdin)
                     .flag("stdin_once", c.stdin_once)
                     .flag("tty", c.tty)
-                    .path("exit_dir", &c.exit_dir);
+                    .path("exit_dir", &c.exit_dir)
+                    .flag("systemd_cgroup", c.systemd_cgroup);
                 l.finish()
             }
             Request::Start { id } => {
@@ -508,6 +512,8 @@ impl Request {
                 stdin_once: f.flag("stdin_once"),
                 tty: f.flag("tty"),
                 exit_dir: f.path("exit_dir")?,
+                // Absent (an older criusd) reads as false: cgroupfs, as before.
+                systemd_cgroup: f.flag("systemd_cgroup"),
             }),
             b"start" => Request::Start {
                 id: f.string("id")?,
@@ -704,6 +710,7 @@ mod tests {
             stdin_once: false,
             tty: true,
             exit_dir: "/run/exits".into(),
+            systemd_cgroup: true,
         }));
         roundtrip_req(Request::Start { id: "x".into() });
         roundtrip_req(Request::Exec(ExecRequest {

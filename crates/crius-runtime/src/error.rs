@@ -64,6 +64,16 @@ pub enum RuntimeError {
         wanted: &'static str,
         fix: &'static str,
     },
+    #[error("pod sandbox {pod_id}: cgroups: {source}")]
+    Cgroup {
+        pod_id: String,
+        source: crius_cgroups::CgroupError,
+    },
+    #[error("container {id}: cgroups: {source}")]
+    ContainerCgroup {
+        id: String,
+        source: crius_cgroups::CgroupError,
+    },
     #[error(transparent)]
     State(#[from] StateError),
     #[error("{op} {path}: {source}")]
@@ -93,6 +103,9 @@ impl HasKind for RuntimeError {
             RuntimeError::TooManyExecs { .. } => ErrorKind::ResourceExhausted,
             RuntimeError::Sandbox { source, .. } => source.kind(),
             RuntimeError::Network { source, .. } => source.kind(),
+            RuntimeError::Cgroup { source, .. } | RuntimeError::ContainerCgroup { source, .. } => {
+                source.kind()
+            }
             RuntimeError::State(e) => e.kind(),
             RuntimeError::Io { source, .. } => ErrorKind::from_io(source),
         }

@@ -12,6 +12,7 @@
 //!        │ failure: everything built so far is undone; no record remains
 //! ```
 
+mod cgroups;
 mod containers;
 mod error;
 mod events;
@@ -27,6 +28,7 @@ mod rollback;
 mod rootfs;
 mod stats;
 
+pub use cgroups::resources_from_cri;
 pub use containers::{
     ContainerFilter, ContainerManager, ContainerManagerOptions, ContainerRecord, ContainerState,
     ExecCancel, ExecLimits, ExecOutput, ExecPlan, ImageInfo, signal_number,

@@ -194,3 +194,27 @@ fn a_systemd_failure_is_an_error_naming_the_unit() {
         .unwrap_err();
     assert!(e.to_string().contains("crius-podf00d.slice"), "{e}");
 }
+
+#[test]
+fn v1_cpuset_levels_without_cpus_get_their_parents() {
+    let root = tempfile::tempdir().unwrap();
+    let cpuset = root.path().join("cpuset");
+    fs::create_dir_all(cpuset.join("kube")).unwrap();
+    fs::write(cpuset.join("cpuset.cpus"), "0-3\n").unwrap();
+    fs::write(cpuset.join("cpuset.mems"), "0\n").unwrap();
+    // A parent someone made without setting its cpuset: no process could join below it.
+    fs::write(cpuset.join("kube/cpuset.cpus"), "\n").unwrap();
+    fs::write(cpuset.join("kube/cpuset.mems"), "").unwrap();
+    let m = CgroupfsManager::new(Hierarchy::v1_at(root.path(), &["cpuset"]));
+    let p = Driver::Cgroupfs.pod_cgroup("/kube", "f00d").unwrap();
+    m.create_pod(&p, &Resources::default(), &Resources::default(), None)
+        .unwrap();
+    assert_eq!(
+        fs::read_to_string(cpuset.join("kube/cpuset.cpus")).unwrap(),
+        "0-3"
+    );
+    assert_eq!(
+        fs::read_to_string(cpuset.join("kube/cpuset.mems")).unwrap(),
+        "0"
+    );
+}

@@ -40,8 +40,7 @@ mod exec;
 mod lifecycle;
 mod monitor;
 mod stream_exec;
-use cgroups::default_cgroup_parent;
-pub(crate) use cgroups::{cgroups_path, pod_cgroup_parent};
+pub(crate) use cgroups::{container_dir, pod_dir};
 use create::{oom_floor, swap_accounting};
 use exec::ExecSlots;
 pub use exec::{ExecCancel, ExecLimits};
@@ -238,7 +237,8 @@ impl ContainerManager {
             c.runtime_handler.clone(),
             self.runtime_path(&c.runtime_handler)?,
             self.opts.runtime_root.join(&c.runtime_handler),
-            false,
+            // `runc update` under systemd sets the scope's unit properties.
+            self.systemd_cgroup(),
         ))
     }
 

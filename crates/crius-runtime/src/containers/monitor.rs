@@ -69,9 +69,13 @@ impl ContainerManager {
         }
         let dir = pod.dir.join("monitor");
         create_dir_all(&dir, 0o700)?;
-        crius_monitor::spawn_detached(&self.opts.monitor_binary, &pod.id, &dir, &socket).map_err(
-            io_err("starting the pod monitor", &self.opts.monitor_binary),
-        )?;
+        let pid = crius_monitor::spawn_detached(&self.opts.monitor_binary, &pod.id, &dir, &socket)
+            .map_err(io_err(
+                "starting the pod monitor",
+                &self.opts.monitor_binary,
+            ))?;
+        // The monitor is the pod's: it runs in the pod's cgroup, not criusd's.
+        crate::cgroups::join(&self.pods, pod, pid as i32);
         let client = MonitorClient::connect(&socket)
             .map_err(io_err("connecting to the pod monitor", &socket))?;
         self.stop_orphans(pod)?;

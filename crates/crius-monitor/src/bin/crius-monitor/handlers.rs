@@ -134,13 +134,18 @@ impl Monitor {
         };
         let pid_file = req.bundle.join("pid");
         let _ = fs::remove_file(&pid_file);
-        let mut args: Vec<&OsStr> = vec![
+        let mut args: Vec<&OsStr> = Vec::new();
+        // A global flag: before the subcommand (runc and crun both read it there).
+        if req.systemd_cgroup {
+            args.push("--systemd-cgroup".as_ref());
+        }
+        args.extend::<[&OsStr; 5]>([
             "create".as_ref(),
             "--bundle".as_ref(),
             req.bundle.as_os_str(),
             "--pid-file".as_ref(),
             pid_file.as_os_str(),
-        ];
+        ]);
         let fail = |e| internal("creating stdio", e);
         let (stdio, console, runtime_err) = if req.tty {
             self.seq += 1;
