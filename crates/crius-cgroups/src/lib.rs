@@ -15,7 +15,7 @@ pub mod systemd;
 
 pub use error::CgroupError;
 pub use hierarchy::{Hierarchy, unescape as unescape_mountinfo};
-pub use manager::{CgroupManager, CgroupfsManager, SystemdManager, manager};
+pub use manager::{CgroupManager, CgroupfsManager, SystemdManager};
 pub use naming::{CRIUS_CGROUP, Driver, PodCgroup, expand_slice, validate_path, validate_slice};
 pub use resources::{
     FileWrite, Property, PropertyValue, Resources, cpuset_bitmask, parse_cpuset, shares_to_weight,

@@ -52,15 +52,6 @@ pub trait CgroupManager: Send + Sync + Debug {
     fn update_pod(&self, pod: &PodCgroup, resources: &Resources) -> Result<(), CgroupError>;
 }
 
-/// The driver the host's configuration asks for, ready to use.
-pub fn manager(driver: Driver, bus: Option<Arc<dyn SystemdBus>>) -> Arc<dyn CgroupManager> {
-    let h = Hierarchy::host();
-    match (driver, bus) {
-        (Driver::Systemd, Some(bus)) => Arc::new(SystemdManager::new(h, bus)),
-        _ => Arc::new(CgroupfsManager::new(h)),
-    }
-}
-
 /// crius writes the cgroup directories itself.
 #[derive(Debug, Clone)]
 pub struct CgroupfsManager {
