@@ -699,6 +699,15 @@ mod tests {
     }
 
     #[test]
+    fn a_create_from_an_older_criusd_runs_without_systemd_cgroup() {
+        let line = b"v1 create id=c bundle=/b runtime=/r root=/x log= exit_dir=/e\n";
+        match Request::decode(line).unwrap() {
+            Request::Create(c) => assert!(!c.systemd_cgroup),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn requests_roundtrip() {
         roundtrip_req(Request::Create(CreateRequest {
             id: "c 1".into(),
