@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use clap::Parser;
 use crius_config::{Config, LogFormat, Overrides};
+mod cgroups;
 mod default_network;
 mod reaper;
 
@@ -147,6 +148,13 @@ async fn run(config: Config) -> Result<()> {
     crius_state::create_dir_all(&config.state, 0o711)?;
     info!(version = VERSION, commit = COMMIT, root = %config.root.display(), state = %config.state.display(), "criusd starting");
 
+    // Before anything else is made: a driver that cannot work refuses to start.
+    let cgroups = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || cgroups::manager(&config)
+    })
+    .await??;
+
     let mut pinned = config.image.pinned_images.clone();
     pinned.extend(config.image.sandbox_image.clone());
     let store = tokio::task::spawn_blocking({
@@ -182,6 +190,7 @@ async fn run(config: Config) -> Result<()> {
                 state_dir: config.state.clone(),
                 default_handler: config.default_runtime_handler_of(&handlers),
                 handlers: handlers.clone(),
+                cgroups,
             };
             let network = network.clone();
             move || PodManager::open(opts, Arc::new(HostSandboxOps), network)

@@ -81,10 +81,36 @@ async fn version_status_and_runtime_config() -> Result<()> {
     Ok(())
 }
 
+/// The configured driver is reported; the systemd driver needs systemd, without which criusd
+/// refuses to start and says how to fix it.
 #[tokio::test]
 async fn configured_cgroup_driver_is_reported() -> Result<()> {
-    let d =
-        Daemon::start(DaemonOptions::new(CRIUSD).config("cgroup_driver = \"systemd\"\n")).await?;
+    let started =
+        Daemon::start(DaemonOptions::new(CRIUSD).config("cgroup_driver = \"systemd\"\n")).await;
+    if std::fs::read_to_string("/proc/1/comm")?.trim() != "systemd" {
+        let err = format!("{:#}", started.err().expect("refused without systemd"));
+        for want in [
+            "systemd is not reachable",
+            "cgroup_driver = \"cgroupfs\"",
+            "cgroupDriver",
+        ] {
+            assert!(err.contains(want), "{want}: {err}");
+        }
+        let d = Daemon::start(DaemonOptions::new(CRIUSD).config("cgroup_driver = \"cgroupfs\"\n"))
+            .await?;
+        let c = d
+            .runtime()
+            .await?
+            .runtime_config(RuntimeConfigRequest {})
+            .await?
+            .into_inner();
+        assert_eq!(
+            c.linux.unwrap().cgroup_driver,
+            k8s_cri::v1::CgroupDriver::Cgroupfs as i32
+        );
+        return Ok(());
+    }
+    let d = started?;
     let c = d
         .runtime()
         .await?

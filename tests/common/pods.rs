@@ -51,6 +51,16 @@ pub async fn pod_with_config(
 ) -> Result<Pod> {
     prepare_runtime(handler);
     let env = Env::start_with(extra).await?;
+    pod_on(env, handler, adjust).await
+}
+
+/// A pod on a daemon the caller started (e.g. with top-level config keys of its own).
+pub async fn pod_on(
+    env: Env,
+    handler: &str,
+    adjust: impl FnOnce(&mut PodSandboxConfig),
+) -> Result<Pod> {
+    prepare_runtime(handler);
     push_image(
         &env.registry,
         "library/busybox",

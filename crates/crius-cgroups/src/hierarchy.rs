@@ -10,6 +10,8 @@ pub struct Hierarchy {
     v1: BTreeMap<String, PathBuf>,
     /// The cgroup2 mount, if any (`/sys/fs/cgroup` or, on hybrid hosts, `.../unified`).
     v2: Option<PathBuf>,
+    /// v1 hierarchies without a resource controller (`name=systemd`): processes join them too.
+    named: Vec<PathBuf>,
 }
 
 impl Hierarchy {
@@ -34,11 +36,17 @@ impl Hierarchy {
             match fs_type {
                 Some("cgroup2") => h.v2 = Some(unescape(mount_point).into()),
                 Some("cgroup") => {
+                    let mut known = false;
                     for opt in options.unwrap_or_default().split(',') {
                         if KNOWN_V1.contains(&opt) {
+                            known = true;
                             h.v1.entry(opt.to_string())
                                 .or_insert_with(|| unescape(mount_point).into());
                         }
+                    }
+                    let point: PathBuf = unescape(mount_point).into();
+                    if !known && !h.named.contains(&point) {
+                        h.named.push(point);
                     }
                 }
                 _ => {}
@@ -52,6 +60,7 @@ impl Hierarchy {
         Hierarchy {
             v1: BTreeMap::new(),
             v2: Some(root.to_path_buf()),
+            named: Vec::new(),
         }
     }
 
@@ -63,6 +72,7 @@ impl Hierarchy {
                 .map(|c| (c.to_string(), root.join(c)))
                 .collect(),
             v2: None,
+            named: Vec::new(),
         }
     }
 
@@ -79,6 +89,42 @@ impl Hierarchy {
 
     pub fn is_v2_only(&self) -> bool {
         self.v1.is_empty() && self.v2.is_some()
+    }
+
+    /// Whether any cgroup hierarchy is mounted at all.
+    pub fn is_empty(&self) -> bool {
+        self.v1.is_empty() && self.v2.is_none() && self.named.is_empty()
+    }
+
+    /// The cgroup v2 mount, if any.
+    pub fn v2_mount(&self) -> Option<&Path> {
+        self.v2.as_deref()
+    }
+
+    /// Every mounted hierarchy once (a v1 mount holding several controllers appears once),
+    /// each with whether it is v2: where a process must be moved to be in a cgroup.
+    pub fn mounts(&self) -> Vec<(PathBuf, bool)> {
+        let mut out: Vec<(PathBuf, bool)> = Vec::new();
+        for m in self.v1.values().chain(self.named.iter()) {
+            if !out.iter().any(|(p, _)| p == m) {
+                out.push((m.clone(), false));
+            }
+        }
+        if let Some(v2) = &self.v2 {
+            out.push((v2.clone(), true));
+        }
+        out
+    }
+
+    /// Removes `rel` (a cgroupfs path) from every hierarchy, best effort: what a crash left
+    /// behind, whose processes are gone. Missing or busy cgroups are left as they are.
+    pub fn remove_dir(&self, rel: &str) {
+        if rel.split('/').any(|c| c == "..") {
+            return;
+        }
+        for (mount, _) in self.mounts() {
+            let _ = std::fs::remove_dir(mount.join(rel.trim_start_matches('/')));
+        }
     }
 }
 
@@ -135,6 +181,7 @@ mod tests {
             Some((PathBuf::from("/sys/fs/cgroup/unified/a"), true))
         );
         assert!(!h.is_v2_only());
+        assert_eq!(h.mounts().len(), 4);
     }
 
     #[test]

@@ -81,6 +81,9 @@ pub struct CreateRequest {
     pub tty: bool,
     /// Directory receiving the exit file `<exit_dir>/<id>`.
     pub exit_dir: PathBuf,
+    /// Run the runtime with `--systemd-cgroup` (crius's systemd cgroup driver): it then
+    /// reads the bundle's cgroupsPath as `slice:prefix:name` and asks systemd for a scope.
+    pub systemd_cgroup: bool,
 }
 
 /// The user an exec'd process runs as.
@@ -501,7 +504,8 @@ impl Request {
                     .flag("stdin", c.stdin)
                     .flag("stdin_once", c.stdin_once)
                     .flag("tty", c.tty)
-                    .path("exit_dir", &c.exit_dir);
+                    .path("exit_dir", &c.exit_dir)
+                    .flag("systemd_cgroup", c.systemd_cgroup);
                 l.finish()
             }
             Request::Start { id } => {
@@ -579,6 +583,8 @@ impl Request {
                 stdin_once: f.flag("stdin_once"),
                 tty: f.flag("tty"),
                 exit_dir: f.path("exit_dir")?,
+                // Absent (an older criusd) reads as false: cgroupfs, as before.
+                systemd_cgroup: f.flag("systemd_cgroup"),
             }),
             b"start" => Request::Start {
                 id: f.string("id")?,
@@ -770,6 +776,15 @@ mod tests {
     }
 
     #[test]
+    fn a_create_from_an_older_criusd_runs_without_systemd_cgroup() {
+        let line = b"v1 create id=c bundle=/b runtime=/r root=/x log= exit_dir=/e\n";
+        match Request::decode(line).unwrap() {
+            Request::Create(c) => assert!(!c.systemd_cgroup),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn requests_roundtrip() {
         roundtrip_req(Request::Create(CreateRequest {
             id: "c 1".into(),
@@ -781,6 +796,7 @@ mod tests {
             stdin_once: false,
             tty: true,
             exit_dir: "/run/exits".into(),
+            systemd_cgroup: true,
         }));
         roundtrip_req(Request::Start { id: "x".into() });
         roundtrip_req(Request::Exec(ExecRequest {

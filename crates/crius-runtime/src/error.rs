@@ -74,6 +74,16 @@ pub enum RuntimeError {
         wanted: &'static str,
         fix: &'static str,
     },
+    #[error("pod sandbox {pod_id}: cgroups: {source}")]
+    Cgroup {
+        pod_id: String,
+        source: crius_cgroups::CgroupError,
+    },
+    #[error("container {id}: cgroups: {source}")]
+    ContainerCgroup {
+        id: String,
+        source: crius_cgroups::CgroupError,
+    },
     #[error(transparent)]
     State(#[from] StateError),
     #[error("{op} {path}: {source}")]
@@ -104,6 +114,9 @@ impl HasKind for RuntimeError {
             RuntimeError::TooManyExecs { .. } => ErrorKind::ResourceExhausted,
             RuntimeError::Sandbox { source, .. } => source.kind(),
             RuntimeError::Network { source, .. } => source.kind(),
+            RuntimeError::Cgroup { source, .. } | RuntimeError::ContainerCgroup { source, .. } => {
+                source.kind()
+            }
             RuntimeError::State(e) => e.kind(),
             // Every path here is crius's own: a missing file is a crius bug, not the
             // client's NotFound.

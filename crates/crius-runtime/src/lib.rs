@@ -12,6 +12,7 @@
 //!        │ failure: everything built so far is undone; no record remains
 //! ```
 
+mod cgroups;
 mod containers;
 mod error;
 mod events;
@@ -29,6 +30,7 @@ mod rootfs;
 mod runtime;
 mod stats;
 
+pub use cgroups::resources_from_cri;
 pub use containers::{
     ContainerFilter, ContainerHost, ContainerManager, ContainerManagerOptions, ContainerRecord,
     ContainerState, ExecCancel, ExecLimits, ExecOutput, ExecPlan, HostContainers, ImageInfo,

@@ -29,6 +29,8 @@ pub struct PodManagerOptions {
     pub handlers: BTreeMap<String, PathBuf>,
     /// The handler used for `""`.
     pub default_handler: Option<String>,
+    /// The cgroup driver's manager: pod cgroups, container cgroup names.
+    pub cgroups: Arc<dyn crius_cgroups::CgroupManager>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -100,6 +102,7 @@ impl PodManager {
             &opts.state_dir,
             ops.as_ref(),
             network.as_ref(),
+            opts.cgroups.as_ref(),
             &pods,
         );
         Ok(PodManager {
@@ -110,6 +113,10 @@ impl PodManager {
             locks: KeyLocks::default(),
             events: Arc::default(),
         })
+    }
+
+    pub fn cgroups(&self) -> &Arc<dyn crius_cgroups::CgroupManager> {
+        &self.opts.cgroups
     }
 
     fn lock_pods(&self) -> MutexGuard<'_, BTreeMap<String, PodRecord>> {
@@ -173,6 +180,8 @@ impl PodManager {
         }
 
         let id = new_id();
+        // A cgroup_parent in the wrong driver's form is refused before anything is made.
+        let cgroup = crate::cgroups::for_config(self.opts.cgroups.as_ref(), &config, &id)?;
         let dir = self.opts.state_dir.join("pods").join(&id);
         // The intent is on disk before the first side effect: a crash from here on is undone
         // on the next start (recovery.rs).
@@ -196,6 +205,13 @@ impl PodManager {
         let d = dir.clone();
         undo.push(move || {
             let _ = fs::remove_dir_all(&d);
+        });
+        // Undone after the namespaces (and so the pod's init) are gone; nothing made is fine.
+        let (cgroups, c) = (self.opts.cgroups.clone(), cgroup.clone());
+        undo.push(move || {
+            if let Err(e) = cgroups.remove_pod(&c) {
+                warn!(error = %e, "rollback: removing the pod cgroup failed");
+            }
         });
         if !config.log_directory.is_empty() {
             let log_dir = Path::new(&config.log_directory);
@@ -234,17 +250,18 @@ impl PodManager {
             }
         });
         crate::recovery::crash_point("pod.pinned");
-        // The pod's PID 1 belongs to the pod: its memory and pids count against the pod's
-        // cgroup when the kubelet names one.
-        let cgroup_parent = config
-            .linux
-            .as_ref()
-            .map(|l| l.cgroup_parent.as_str())
-            .unwrap_or_default();
-        if let Some(init) = pinned.init.as_ref().filter(|_| !cgroup_parent.is_empty()) {
-            let joined = crate::rootfs::join_cgroup(cgroup_parent, init.pid);
-            tracing::debug!(pod_id = %id, hierarchies = joined, "pod init moved into the pod cgroup");
-        }
+        // The pod's own processes (its PID 1 here, its monitor later) count against the
+        // pod's cgroup, with the sandbox's resources and overhead applied.
+        let (resources, overhead) = crate::cgroups::sandbox_limits(&config);
+        self.opts
+            .cgroups
+            .create_pod(
+                &cgroup,
+                &resources,
+                &overhead,
+                pinned.init.as_ref().map(|i| i.pid),
+            )
+            .map_err(crate::cgroups::cgroup_err(&id))?;
 
         let (shm, shm_mounted) = if plan.own.contains(&NsType::Ipc) {
             let shm = dir.join("shm");
@@ -416,6 +433,17 @@ impl PodManager {
             return Ok(());
         };
         self.stop_locked(&pod.id)?;
+        // Its processes are gone (init with the namespaces, the monitor released): the
+        // cgroups go with the pod, before the record that names them.
+        // A pod made under the other driver (the config changed since) is still removable.
+        match crate::cgroups::for_config(self.opts.cgroups.as_ref(), &pod.config, &pod.id) {
+            Ok(cgroup) => self
+                .opts
+                .cgroups
+                .remove_pod(&cgroup)
+                .map_err(crate::cgroups::cgroup_err(&pod.id))?,
+            Err(e) => warn!(pod_id = %pod.id, error = %e, "pod cgroups not removed"),
+        }
         removed(fs::remove_dir_all(&pod.dir), &pod.dir)?;
         let path = self.record_path(&pod.id);
         removed(fs::remove_file(&path), &path)?;

@@ -26,6 +26,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crius_cgroups::CgroupManager;
 use crius_monitor::{ForeignRuntime, MonitorClient, MonitorConn};
 use crius_sandbox::PinnedNamespaces;
 use crius_state::{read_json, write_json};
@@ -291,6 +292,7 @@ fn kill_pod_processes(ids: &BTreeSet<String>) {
 pub(crate) fn undo_pod(
     ops: &dyn SandboxOps,
     network: &dyn PodNetwork,
+    cgroups: &dyn CgroupManager,
     id: &str,
     dir: &Path,
     net_pin: &Path,
@@ -348,13 +350,11 @@ pub(crate) fn undo_pod(
     if let Err(e) = remove_tree(dir) {
         first.get_or_insert(e);
     }
-    // crius's own pod cgroup when the kubelet gave none (the kubelet owns the one it names).
-    if config
-        .linux
-        .as_ref()
-        .is_none_or(|l| l.cgroup_parent.is_empty())
+    // The pod's cgroups crius made (a parent the kubelet named stays, as on RemovePodSandbox).
+    if let Ok(pod) = crate::cgroups::for_config(cgroups, config, id)
+        && let Err(e) = cgroups.remove_pod(&pod)
     {
-        rootfs::remove_cgroup(&format!("{}/{id}", rootfs::CRIUS_CGROUP));
+        warn!(pod_id = %id, error = %e, "recovery: removing the pod cgroups failed");
     }
     first.map_or(Ok(()), Err)
 }
@@ -365,6 +365,7 @@ pub(crate) fn recover_pods(
     state_dir: &Path,
     ops: &dyn SandboxOps,
     network: &dyn PodNetwork,
+    cgroups: &dyn CgroupManager,
     records: &BTreeMap<String, PodRecord>,
 ) {
     sweep_temp_files(records_dir);
@@ -392,7 +393,7 @@ pub(crate) fn recover_pods(
         let dir = state_dir.join("pods").join(&id);
         let net_pin = state_dir.join("netns").join(&id);
         let config = by_id.get(&id).map(|i| i.config.clone()).unwrap_or_default();
-        match undo_pod(ops, network, &id, &dir, &net_pin, &config) {
+        match undo_pod(ops, network, cgroups, &id, &dir, &net_pin, &config) {
             Ok(()) => {
                 remove_intent(records_dir, &id);
                 if action == Action::RollBack {
@@ -424,6 +425,7 @@ pub(crate) struct ContainerPaths<'a> {
     pub handlers: &'a BTreeMap<String, PathBuf>,
     /// The pod's monitor socket.
     pub monitor_socket: &'a dyn Fn(&str) -> PathBuf,
+    pub cgroups: &'a dyn CgroupManager,
     /// The pod's exit dir, when the pod exists.
     pub exit_dir: &'a dyn Fn(&str) -> Option<PathBuf>,
 }
@@ -534,8 +536,9 @@ fn undo_container(
             first.get_or_insert(e);
         }
     }
-    if let Some(cg) = cgroups.filter(|c| !c.is_empty()) {
-        rootfs::remove_cgroup(&cg);
+    // A cgroupfs path (systemd's `slice:prefix:name` scopes go with the runtime's delete).
+    if let Some(cg) = cgroups.filter(|c| c.starts_with('/')) {
+        p.cgroups.hierarchy().remove_dir(&cg);
     }
     first.map_or(Ok(()), Err)
 }
@@ -767,9 +770,13 @@ mod tests {
         fs::write(dir.join("hostname"), "x").unwrap();
         let ops = Ops::default();
         let net = FailingNet(Mutex::default());
+        let cgroups = crius_cgroups::CgroupfsManager::new(crius_cgroups::Hierarchy::v2_at(
+            &state.path().join("cgroup"),
+        ));
         let r = undo_pod(
             &ops,
             &net,
+            &cgroups,
             &id,
             &dir,
             &state.path().join("netns").join(&id),

@@ -116,7 +116,9 @@ impl StatsCollector {
 
     fn pod_usage(&self, pod: PodRecord) -> PodUsage {
         let timestamp = now();
-        let cgroup = read_stats(&self.hierarchy, &crate::containers::pod_cgroup_parent(&pod));
+        let cgroup = crate::containers::pod_dir(&self.pods, &pod)
+            .map(|d| read_stats(&self.hierarchy, &d))
+            .unwrap_or_default();
         let nano_cores = self.rate(&format!("pod:{}", pod.id), timestamp, cgroup.cpu_usage_ns);
         let network = pod
             .namespaces
@@ -146,10 +148,9 @@ impl StatsCollector {
 
     fn container_usage(&self, pod: &PodRecord, record: ContainerRecord) -> ContainerUsage {
         let timestamp = now();
-        let cgroup = read_stats(
-            &self.hierarchy,
-            &crate::containers::cgroups_path(pod, &record.id),
-        );
+        let cgroup = crate::containers::container_dir(&self.pods, pod, &record.id)
+            .map(|d| read_stats(&self.hierarchy, &d))
+            .unwrap_or_default();
         let nano_cores = self.rate(&record.id, timestamp, cgroup.cpu_usage_ns);
         let dir = self.containers.writable_layer(&record.id);
         let writable_layer = self.disk_usage(&record.id, &dir);

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crius_cgroups::{CgroupfsManager, Hierarchy};
 use crius_cni::CniError;
 use crius_error::{ErrorKind, HasKind};
 use crius_monitor::{
@@ -325,12 +326,16 @@ impl ContainerHost for FakeHost {
             world: self.world.clone(),
         }))
     }
-    fn spawn_monitor(&self, _: &Path, _: &str, _: &Path, socket: &Path) -> io::Result<()> {
+    fn spawn_monitor(&self, _: &Path, _: &str, _: &Path, socket: &Path) -> io::Result<u32> {
         if self.faults.hit("monitor.spawn") {
             return Err(injected("monitor.spawn"));
         }
-        self.world().monitors.entry(socket.into()).or_default();
-        Ok(())
+        let mut w = self.world();
+        w.monitors.entry(socket.into()).or_default();
+        w.next_pid += 1;
+        // Monitors' pids are apart from containers' (100000 + n), and never "alive": the
+        // fake has no process to leak.
+        Ok(200_000 + w.next_pid)
     }
     fn alive(&self, pid: u32) -> bool {
         self.world().alive.contains(&pid)
@@ -353,7 +358,6 @@ impl ContainerHost for FakeHost {
         self.world().mounts.remove(target);
         Ok(())
     }
-    fn remove_cgroup(&self, _rel: &str) {}
 }
 
 struct FakeImages(PathBuf);
@@ -416,6 +420,7 @@ impl Node {
         network: &Arc<FakeNetwork>,
         host: &Arc<FakeHost>,
     ) -> Result<Runtime, RuntimeError> {
+        std::fs::create_dir_all(dir.join("cgroup")).unwrap();
         let handlers: BTreeMap<String, PathBuf> =
             [("runc".to_string(), PathBuf::from("/usr/bin/runc"))].into();
         let pods = Arc::new(PodManager::open(
@@ -424,6 +429,8 @@ impl Node {
                 state_dir: dir.join("state"),
                 handlers: handlers.clone(),
                 default_handler: Some("runc".into()),
+                // A cgroupfs manager over a directory tree: cgroups are plain directories.
+                cgroups: Arc::new(CgroupfsManager::new(Hierarchy::v2_at(&dir.join("cgroup")))),
             },
             sandbox.clone(),
             network.clone(),

@@ -216,6 +216,7 @@ impl Env {
             stdin_once: false,
             tty: false,
             exit_dir: self.exit_dir.clone(),
+            systemd_cgroup: false,
         }
     }
 

@@ -121,7 +121,7 @@ impl ContainerManager {
                 bundle: bundle.clone(),
                 rootfs: rootfs.clone(),
                 layer_dir: layer_dir.clone(),
-                cgroups_path: cgroups_path(&pod, &id),
+                cgroups_path: self.cgroups_path(&pod, &id)?,
             },
         )?;
         let mut undo = Rollback::default();
@@ -167,6 +167,9 @@ impl ContainerManager {
         // the field stays for records of older versions, whose binds removal still undoes.
         let shared_binds = Vec::new();
 
+        if let Some(r) = config.linux.as_ref().and_then(|l| l.resources.as_ref()) {
+            crate::cgroups::check_resources(self.pods.cgroups().as_ref(), r, &id)?;
+        }
         let handler_path = self.runtime_path(&pod.runtime_handler)?;
         let spec = crius_oci::container_spec(&SpecInput {
             container: &config,
@@ -175,7 +178,7 @@ impl ContainerManager {
             image: &image_config,
             rootfs: &rootfs,
             namespaces: namespaces(&pod, &config, |id| self.refresh(&self.get(id)?.id))?,
-            cgroups_path: cgroups_path(&pod, &id),
+            cgroups_path: self.cgroups_path(&pod, &id)?,
             pod_files: PodFiles {
                 hostname: Some(pod.hostname_file.clone()),
                 resolv_conf: Some(pod.resolv_conf.clone()),
@@ -221,6 +224,7 @@ impl ContainerManager {
                 stdin_once: config.stdin_once,
                 tty: config.tty,
                 exit_dir,
+                systemd_cgroup: self.systemd_cgroup(),
             })
             .map_err(|e| monitor_failed(&id, "create", e))?;
         crate::recovery::crash_point("container.created");

@@ -1,7 +1,6 @@
 //! What the container manager needs from the host, behind a trait so that lifecycle tests
 //! run without root against a fake (and can make any step fail): the pod monitor (started,
-//! connected to, and spoken to through [`MonitorConn`]), rootfs mounts, process liveness and
-//! cgroup removal.
+//! connected to, and spoken to through [`MonitorConn`]), rootfs mounts, process liveness.
 
 use std::io;
 use std::path::Path;
@@ -11,14 +10,15 @@ use crius_monitor::{MonitorClient, MonitorConn};
 pub trait ContainerHost: Send + Sync {
     /// Connects to the monitor listening on `socket`.
     fn connect_monitor(&self, socket: &Path) -> io::Result<Box<dyn MonitorConn>>;
-    /// Starts a pod monitor (detached, so it outlives criusd) that listens on `socket`.
+    /// Starts a pod monitor (detached, so it outlives criusd) that listens on `socket`;
+    /// returns its pid.
     fn spawn_monitor(
         &self,
         binary: &Path,
         pod_id: &str,
         dir: &Path,
         socket: &Path,
-    ) -> io::Result<()>;
+    ) -> io::Result<u32>;
     /// Whether process `pid` exists and is not a zombie.
     fn alive(&self, pid: u32) -> bool;
     /// Mounts the container's overlay rootfs at `target`.
@@ -32,8 +32,6 @@ pub trait ContainerHost: Send + Sync {
     ) -> io::Result<()>;
     /// Unmounts `target`; one that is not mounted (any more) is fine.
     fn unmount(&self, target: &Path) -> io::Result<()>;
-    /// Removes a cgroup (relative to each hierarchy's root) crius made; best effort.
-    fn remove_cgroup(&self, rel: &str);
 }
 
 /// The real host.
@@ -50,8 +48,8 @@ impl ContainerHost for HostContainers {
         pod_id: &str,
         dir: &Path,
         socket: &Path,
-    ) -> io::Result<()> {
-        crius_monitor::spawn_detached(binary, pod_id, dir, socket).map(|_| ())
+    ) -> io::Result<u32> {
+        crius_monitor::spawn_detached(binary, pod_id, dir, socket)
     }
     fn alive(&self, pid: u32) -> bool {
         crius_proc::alive(pid)
@@ -68,8 +66,5 @@ impl ContainerHost for HostContainers {
     }
     fn unmount(&self, target: &Path) -> io::Result<()> {
         crate::rootfs::unmount(target)
-    }
-    fn remove_cgroup(&self, rel: &str) {
-        crate::rootfs::remove_cgroup(rel)
     }
 }

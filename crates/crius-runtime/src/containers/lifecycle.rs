@@ -216,6 +216,7 @@ impl ContainerManager {
                 wanted: "Created or Running",
             });
         }
+        crate::cgroups::check_resources(self.pods.cgroups().as_ref(), &resources, &c.id)?;
         let oci = crius_oci::linux_resources(&resources, self.features).map_err(|e| {
             RuntimeError::Spec {
                 id: c.id.clone(),
@@ -233,6 +234,16 @@ impl ContainerManager {
             .map_err(|e| monitor_failed(&c.id, "update resources", e));
         let _ = fs::remove_file(&file);
         updated?;
+        let before = c
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.resources.as_ref())
+            .map_or(0, |r| r.oom_score_adj);
+        if c.state == ContainerState::Running && resources.oom_score_adj != before {
+            let pod = self.pods.get(&c.pod_id)?;
+            self.update_oom_score_adj(&pod, &c.id, resources.oom_score_adj)?;
+        }
         c.config
             .linux
             .get_or_insert_with(Default::default)
@@ -242,8 +253,7 @@ impl ContainerManager {
         Ok(())
     }
 
-    /// After the last container of a pod is removed: its monitor exits, and the pod cgroup
-    /// crius made (when the kubelet gave no cgroup_parent) goes away.
+    /// After the last container of a pod is removed: its monitor exits.
     pub fn release_pod(&self, pod: &PodRecord) {
         let socket = self.monitor_socket(pod);
         if let Ok(mut m) = self.host.connect_monitor(&socket) {
@@ -251,16 +261,7 @@ impl ContainerManager {
             let _ = m.shutdown(true);
         }
         let _ = fs::remove_file(&socket);
-        if pod
-            .config
-            .linux
-            .as_ref()
-            .is_none_or(|l| l.cgroup_parent.is_empty())
-        {
-            self.host.remove_cgroup(&default_cgroup_parent(pod));
-            // And /crius itself once no pod is left in it (EBUSY otherwise, ignored).
-            self.host.remove_cgroup(rootfs::CRIUS_CGROUP);
-        }
+        // The pod's cgroups go with the pod (PodManager::remove).
     }
 }
 

@@ -40,8 +40,7 @@ mod host;
 mod lifecycle;
 mod monitor;
 mod stream_exec;
-use cgroups::default_cgroup_parent;
-pub(crate) use cgroups::{cgroups_path, pod_cgroup_parent};
+pub(crate) use cgroups::{container_dir, pod_dir};
 use create::oom_floor;
 use exec::ExecSlots;
 pub use exec::{ExecCancel, ExecLimits};
@@ -253,6 +252,7 @@ impl ContainerManager {
                 runtime_root: &opts.runtime_root,
                 handlers: &opts.handlers,
                 monitor_socket: &monitor_socket,
+                cgroups: pods.cgroups().as_ref(),
                 exit_dir: &exit_dir,
             },
             &containers.keys().cloned().collect(),

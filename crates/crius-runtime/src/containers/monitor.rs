@@ -85,12 +85,15 @@ impl ContainerManager {
         }
         let dir = pod.dir.join("monitor");
         create_dir_all(&dir, 0o700)?;
-        self.host
+        let pid = self
+            .host
             .spawn_monitor(&self.opts.monitor_binary, &pod.id, &dir, &socket)
             .map_err(io_err(
                 "starting the pod monitor",
                 &self.opts.monitor_binary,
             ))?;
+        // The monitor is the pod's: it runs in the pod's cgroup, not criusd's.
+        crate::cgroups::join(&self.pods, pod, pid as i32);
         let client = self
             .host
             .connect_monitor(&socket)

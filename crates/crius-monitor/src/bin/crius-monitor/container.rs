@@ -16,6 +16,9 @@ pub struct Container {
     pub exited_at: Option<i64>,
     pub runtime: PathBuf,
     pub runtime_root: PathBuf,
+    /// Created with `--systemd-cgroup`: `update` needs the flag too (it sets the scope's
+    /// unit properties).
+    pub systemd_cgroup: bool,
     pub exit_dir: PathBuf,
     pub log: LogFile,
     pub stdout: Option<OutputPipe>,

@@ -103,7 +103,14 @@ impl Monitor {
             }
             Request::Update { id, resources } => {
                 let resources = resources.as_os_str().to_string_lossy().into_owned();
-                let args = ["update", "--resources", resources.as_str(), id.as_str()];
+                let systemd = self
+                    .find(&id)
+                    .is_some_and(|i| self.containers[i].systemd_cgroup);
+                let mut args = vec!["update", "--resources", resources.as_str(), id.as_str()];
+                if systemd {
+                    // A global flag: before the subcommand.
+                    args.insert(0, "--systemd-cgroup");
+                }
                 self.runtime_job(&id, None, conn, JobKind::Update, &args)
             }
             Request::ReopenLog { id } => Err(self.reopen_log(&id)),
@@ -157,6 +164,7 @@ impl Monitor {
             exited_at: None,
             runtime: req.runtime.clone(),
             runtime_root: req.runtime_root.clone(),
+            systemd_cgroup: req.systemd_cgroup,
             exit_dir: req.exit_dir.clone(),
             log,
             stdout: None,
@@ -166,13 +174,18 @@ impl Monitor {
         };
         let pid_file = req.bundle.join("pid");
         let _ = fs::remove_file(&pid_file);
-        let mut args: Vec<&OsStr> = vec![
+        let mut args: Vec<&OsStr> = Vec::new();
+        // A global flag: before the subcommand (runc and crun both read it there).
+        if req.systemd_cgroup {
+            args.push("--systemd-cgroup".as_ref());
+        }
+        args.extend::<[&OsStr; 5]>([
             "create".as_ref(),
             "--bundle".as_ref(),
             req.bundle.as_os_str(),
             "--pid-file".as_ref(),
             pid_file.as_os_str(),
-        ];
+        ]);
         let fail = |e| internal("creating stdio", e);
         let (stdio, console, runtime_err) = if req.tty {
             self.seq += 1;
