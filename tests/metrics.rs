@@ -1,0 +1,307 @@
+//! ListMetricDescriptors and ListPodSandboxMetrics through the real criusd: known loads (a
+//! container burning a core, one that wrote 10 MB, datagrams sent out of the pod) show in the
+//! cadvisor metrics, and every metric returned is described with matching labels.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, ensure};
+use common::pods::*;
+use k8s_cri::v1::{
+    ListMetricDescriptorsRequest, ListPodSandboxMetricsRequest, Metric, MetricDescriptor,
+    MetricType, PodSandboxMetrics, PodSandboxStatusRequest,
+};
+
+const MB: u64 = 1_000_000;
+
+async fn descriptors(pod: &Pod) -> Result<HashMap<String, MetricDescriptor>> {
+    let d = pod
+        .env
+        .daemon
+        .runtime()
+        .await?
+        .list_metric_descriptors(ListMetricDescriptorsRequest {})
+        .await?
+        .into_inner()
+        .descriptors;
+    Ok(d.into_iter().map(|d| (d.name.clone(), d)).collect())
+}
+
+async fn pod_metrics(pod: &Pod) -> Result<Vec<PodSandboxMetrics>> {
+    Ok(pod
+        .env
+        .daemon
+        .runtime()
+        .await?
+        .list_pod_sandbox_metrics(ListPodSandboxMetricsRequest {})
+        .await?
+        .into_inner()
+        .pod_metrics)
+}
+
+/// The value of metric `name` whose labels include every `key=value` in `labels`.
+fn value(
+    metrics: &[Metric],
+    d: &HashMap<String, MetricDescriptor>,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<u64> {
+    let keys = &d.get(name)?.label_keys;
+    metrics
+        .iter()
+        .find(|m| {
+            m.name == name
+                && labels.iter().all(|(k, v)| {
+                    keys.iter()
+                        .position(|key| key == k)
+                        .is_some_and(|i| m.label_values[i] == *v)
+                })
+        })
+        .and_then(|m| m.value.as_ref())
+        .map(|v| v.value)
+}
+
+async fn netns_of(pod: &Pod) -> Result<PathBuf> {
+    let r = pod
+        .env
+        .daemon
+        .runtime()
+        .await?
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: pod.pod_id.clone(),
+            verbose: true,
+        })
+        .await?
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&r.info["info"])?;
+    Ok(PathBuf::from(info["netns"].as_str().context("netns")?))
+}
+
+fn in_netns(netns: &std::path::Path, args: &[&str]) -> Result<()> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(args)
+        .output()?;
+    ensure!(out.status.success(), "{args:?}: {out:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_metrics_show_known_loads_and_are_all_described() -> Result<()> {
+    let pod = pod_with_busybox("runc").await?;
+    let burn = pod
+        .run("burn", &["sh", "-c", "while :; do :; done"])
+        .await?;
+    let disk = pod
+        .run(
+            "disk",
+            &[
+                "sh",
+                "-c",
+                "head -c 10485760 /dev/urandom > /big && touch /written && exec sleep 1000",
+            ],
+        )
+        .await?;
+
+    // Traffic out of the pod: a veth pair inside its network namespace (gone with it), the
+    // peer's address resolved statically, no IPv6 (its neighbour discovery would add packets).
+    let netns = netns_of(&pod).await?;
+    in_netns(
+        &netns,
+        &[
+            "ip", "link", "add", "crm0", "type", "veth", "peer", "name", "crm1",
+        ],
+    )?;
+    for dev in ["crm0", "crm1"] {
+        in_netns(
+            &netns,
+            &[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv6.conf.{dev}.disable_ipv6=1"),
+            ],
+        )?;
+        in_netns(&netns, &["ip", "link", "set", dev, "up"])?;
+    }
+    in_netns(
+        &netns,
+        &["ip", "addr", "add", "10.254.77.1/24", "dev", "crm0"],
+    )?;
+    in_netns(
+        &netns,
+        &[
+            "ip",
+            "neigh",
+            "add",
+            "10.254.77.2",
+            "lladdr",
+            "02:00:00:00:00:01",
+            "dev",
+            "crm0",
+        ],
+    )?;
+    in_netns(
+        &netns,
+        &[
+            "python3",
+            "-c",
+            "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             for _ in range(100): s.sendto(b'x' * 1000, ('10.254.77.2', 9))",
+        ],
+    )?;
+
+    let d = descriptors(&pod).await?;
+    // The CPU counter is in whole seconds: wait until the burner has used two.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let all = pod_metrics(&pod).await?;
+        let written = pod
+            .exec(&disk, &["test", "-e", "/written"], 5)
+            .await?
+            .exit_code
+            == 0;
+        let p = all
+            .into_iter()
+            .find(|p| p.pod_sandbox_id == pod.pod_id)
+            .context("our pod is listed")?;
+        let c = p
+            .container_metrics
+            .iter()
+            .find(|c| c.container_id == burn)
+            .context("burn listed")?;
+        let cpu = value(
+            &c.metrics,
+            &d,
+            "container_cpu_usage_seconds_total",
+            &[("cpu", "total")],
+        );
+        if written && cpu.unwrap_or(0) >= 2 {
+            break p;
+        }
+        ensure!(Instant::now() < deadline, "burn used {cpu:?} s of CPU");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+
+    // Every metric is described, with one label value per key, and its type is the family's.
+    let all = metrics
+        .metrics
+        .iter()
+        .chain(metrics.container_metrics.iter().flat_map(|c| &c.metrics));
+    let mut names = std::collections::BTreeSet::new();
+    for m in all {
+        let desc = d
+            .get(&m.name)
+            .with_context(|| format!("{} described", m.name))?;
+        assert_eq!(m.label_values.len(), desc.label_keys.len(), "{m:?}");
+        // cadvisor's names: `_total` means a counter, except the filesystem's inode count.
+        let counter = (m.name.ends_with("_total") && m.name != "container_fs_inodes_total")
+            || m.name == "container_memory_failcnt";
+        let expected = if counter {
+            MetricType::Counter
+        } else {
+            MetricType::Gauge
+        };
+        assert_eq!(m.metric_type, expected as i32, "{}", m.name);
+        assert!(m.timestamp > 0, "{m:?}");
+        names.insert(m.name.as_str());
+    }
+    for expected in [
+        "container_cpu_usage_seconds_total",
+        "container_cpu_user_seconds_total",
+        "container_memory_working_set_bytes",
+        "container_memory_rss",
+        "container_processes",
+        "container_threads",
+        "container_fs_usage_bytes",
+        "container_fs_inodes_total",
+        "container_network_transmit_bytes_total",
+        "container_start_time_seconds",
+        "container_last_seen",
+    ] {
+        assert!(names.contains(expected), "{expected} missing: {names:?}");
+    }
+
+    // The burner: its CPU, mostly user time, one process.
+    let c = |id: &str| {
+        metrics
+            .container_metrics
+            .iter()
+            .find(|c| c.container_id == id)
+            .map(|c| c.metrics.clone())
+            .unwrap_or_default()
+    };
+    let burn_m = c(&burn);
+    let base = [("container", "burn"), ("id", burn.as_str()), ("pod", "pod")];
+    assert!(value(&burn_m, &d, "container_cpu_user_seconds_total", &base).unwrap() >= 1);
+    assert_eq!(value(&burn_m, &d, "container_processes", &base), Some(1));
+    assert!(value(&burn_m, &d, "container_memory_working_set_bytes", &base).unwrap() > 0);
+    assert_eq!(
+        value(
+            &burn_m,
+            &d,
+            "container_spec_memory_limit_bytes",
+            &[("namespace", "default")]
+        ),
+        Some(0),
+        "no limit"
+    );
+
+    // The writer: its 10 MB in the writable layer.
+    let fs = value(
+        &c(&disk),
+        &d,
+        "container_fs_usage_bytes",
+        &[("container", "disk")],
+    )
+    .context("fs usage")?;
+    assert!(
+        (10 * MB..13 * MB).contains(&fs),
+        "writable layer {fs} bytes"
+    );
+
+    // The pod: 100 datagrams of 1000 bytes (plus headers) left through crm0.
+    let tx = value(
+        &metrics.metrics,
+        &d,
+        "container_network_transmit_bytes_total",
+        &[("interface", "crm0"), ("id", pod.pod_id.as_str())],
+    )
+    .context("crm0 transmit bytes")?;
+    assert!((100_000..120_000).contains(&tx), "{tx} bytes sent");
+    let packets = value(
+        &metrics.metrics,
+        &d,
+        "container_network_transmit_packets_total",
+        &[("interface", "crm0")],
+    );
+    assert!(
+        packets.is_some_and(|p| (100..105).contains(&p)),
+        "{packets:?} packets"
+    );
+    // The pod cgroup holds both containers' CPU.
+    let pod_cpu = value(
+        &metrics.metrics,
+        &d,
+        "container_cpu_usage_seconds_total",
+        &[("container", "")],
+    )
+    .context("pod cpu")?;
+    assert!(pod_cpu >= 2, "{pod_cpu}");
+
+    // A stopped pod is no longer listed.
+    pod.env
+        .daemon
+        .runtime()
+        .await?
+        .stop_pod_sandbox(k8s_cri::v1::StopPodSandboxRequest {
+            pod_sandbox_id: pod.pod_id.clone(),
+        })
+        .await?;
+    let after = pod_metrics(&pod).await?;
+    assert!(after.iter().all(|p| p.pod_sandbox_id != pod.pod_id));
+    pod.teardown().await
+}
