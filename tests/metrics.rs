@@ -305,3 +305,176 @@ async fn pod_metrics_show_known_loads_and_are_all_described() -> Result<()> {
     assert!(after.iter().all(|p| p.pod_sandbox_id != pod.pod_id));
     pod.teardown().await
 }
+
+/// `/metrics` fetched with curl and parsed by python3's prometheus_client (an independent
+/// OpenMetrics parser): `(name, labels, value)` of every sample.
+/// One parsed sample: name, labels, value.
+type Sample = (String, HashMap<String, String>, f64);
+
+fn scrape(addr: &str) -> Result<Vec<Sample>> {
+    let out = Command::new("curl")
+        .args(["-sS", "--fail", "--max-time", "10"])
+        .arg(format!("http://{addr}/metrics"))
+        .output()?;
+    ensure!(out.status.success(), "curl: {out:?}");
+    let parser = "import json, sys\n\
+        from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
+        out = []\n\
+        for f in text_string_to_metric_families(sys.stdin.read()):\n\
+        \x20   for s in f.samples:\n\
+        \x20       out.append([s.name, s.labels, s.value])\n\
+        print(json.dumps(out))\n";
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", parser])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    std::io::Write::write_all(child.stdin.as_mut().context("stdin")?, &out.stdout)?;
+    let parsed = child.wait_with_output()?;
+    ensure!(
+        parsed.status.success(),
+        "the text does not parse: {}\n{}",
+        String::from_utf8_lossy(&parsed.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    Ok(serde_json::from_slice(&parsed.stdout)?)
+}
+
+fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|(n, l, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|(_, _, v)| v)
+        .sum()
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The pod monitor's pid, from its command line.
+fn monitor_pid(pod_id: &str) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        let cmd = String::from_utf8_lossy(&cmd);
+        (cmd.contains("crius-monitor") && cmd.contains(pod_id)).then_some(pid)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_endpoint_counts_rpcs_pulls_cni_and_states() -> Result<()> {
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let pod = pod_with_config(
+        "runc",
+        &format!("[metrics]\naddress = \"{addr}\"\n"),
+        |_| {},
+    )
+    .await?;
+    let mut rt = pod.env.daemon.runtime().await?;
+    let before = scrape(&addr)?;
+    let version = |s: &[_]| {
+        sample(
+            s,
+            "crius_grpc_requests_total",
+            &[("method", "Version"), ("code", "Ok")],
+        )
+    };
+    for _ in 0..3 {
+        rt.version(k8s_cri::v1::VersionRequest::default()).await?;
+    }
+    let err = rt
+        .container_status(k8s_cri::v1::ContainerStatusRequest {
+            container_id: "nope".into(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let sleeper = pod.run("sleeper", &["sleep", "1000"]).await?;
+
+    // The monitor dies; the next container starts another.
+    let pid = monitor_pid(&pod.pod_id).context("monitor running")?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        ensure!(Instant::now() < deadline, "monitor {pid} still there");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pod.run("after", &["sleep", "1000"]).await?;
+
+    let after = scrape(&addr)?;
+    assert_eq!(version(&after) - version(&before), 3.0);
+    assert!(
+        sample(
+            &after,
+            "crius_grpc_requests_total",
+            &[("method", "ContainerStatus"), ("code", "NotFound")]
+        ) >= 1.0
+    );
+    assert!(
+        sample(
+            &after,
+            "crius_grpc_request_duration_seconds_count",
+            &[("method", "Version")]
+        ) >= 3.0
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "crius_grpc_requests_total",
+            &[("method", "RunPodSandbox"), ("code", "Ok")]
+        ),
+        1.0
+    );
+    // The busybox pull: its layer's bytes, one successful pull.
+    assert!(sample(&after, "crius_image_pull_bytes_total", &[]) > 100_000.0);
+    assert_eq!(
+        sample(
+            &after,
+            "crius_image_pull_duration_seconds_count",
+            &[("result", "ok")]
+        ),
+        1.0
+    );
+    // The pod's network (the test config's loopback plugin) was added once.
+    assert_eq!(
+        sample(
+            &after,
+            "crius_cni_duration_seconds_count",
+            &[("op", "add"), ("result", "ok")]
+        ),
+        1.0
+    );
+    assert_eq!(sample(&after, "crius_monitor_restarts_total", &[]), 1.0);
+    assert_eq!(sample(&after, "crius_pods", &[("state", "ready")]), 1.0);
+    // The sleeper was orphaned by the monitor's death and reported exited.
+    let running = sample(&after, "crius_containers", &[("state", "running")]);
+    let exited = sample(&after, "crius_containers", &[("state", "exited")]);
+    assert_eq!(
+        running + exited,
+        2.0,
+        "{sleeper}: {running} running, {exited} exited"
+    );
+    assert!(running >= 1.0);
+
+    // Only /metrics is served.
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://{addr}/other"))
+        .output()?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
+    drop(rt);
+    pod.teardown().await
+}

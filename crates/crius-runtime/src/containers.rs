@@ -493,6 +493,10 @@ impl ContainerManager {
         }
         let dir = pod.dir.join("monitor");
         create_dir_all(&dir, 0o700)?;
+        // A socket nobody answers on: the previous monitor died.
+        if socket.exists() {
+            crius_metrics::global().monitor_restarted();
+        }
         crius_monitor::spawn_detached(&self.opts.monitor_binary, &pod.id, &dir, &socket).map_err(
             io_err("starting the pod monitor", &self.opts.monitor_binary),
         )?;
