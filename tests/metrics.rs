@@ -478,3 +478,111 @@ async fn prometheus_endpoint_counts_rpcs_pulls_cni_and_states() -> Result<()> {
     drop(rt);
     pod.teardown().await
 }
+
+fn criusctl() -> PathBuf {
+    std::path::Path::new(common::CRIUSD).with_file_name("criusctl")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn criusctl_stats_and_events_against_the_daemon() -> Result<()> {
+    use std::io::BufRead as _;
+    use std::process::Stdio;
+
+    let pod = pod_with_busybox("runc").await?;
+    let ctl = criusctl();
+    ensure!(ctl.exists(), "{} not built", ctl.display());
+    let socket = pod.env.daemon.socket();
+
+    // Events: subscribed first, then a container is created and started.
+    let mut events = Command::new(&ctl)
+        .arg("--runtime-endpoint")
+        .arg(&socket)
+        .args(["events", "-o", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = events.stdout.take().context("stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let burn = pod
+        .run("burn", &["sh", "-c", "while :; do :; done"])
+        .await?;
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !(seen.contains(&"CONTAINER_CREATED_EVENT".to_string())
+        && seen.contains(&"CONTAINER_STARTED_EVENT".to_string()))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .with_context(|| format!("events so far: {seen:?}"))?;
+        let v: serde_json::Value = serde_json::from_str(&line).context(line.clone())?;
+        if v["containerId"] == burn.as_str() {
+            let kind = match &v["containerEventType"] {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            seen.push(kind);
+        }
+    }
+    let _ = events.kill();
+    let _ = events.wait();
+
+    // Stats as JSON: the burner is there, with CPU.
+    let out = pod.env.daemon.criusctl(&ctl, &["stats", "-o", "json"]);
+    ensure!(out.status.success(), "{out:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let stats = doc["stats"].as_array().context("stats array")?;
+    assert_eq!(stats.len(), 1, "{doc}");
+    assert_eq!(stats[0]["attributes"]["id"], burn.as_str());
+
+    // The table: crictl's columns, the burner using a good part of a core.
+    let out = pod.env.daemon.criusctl(&ctl, &["stats"]);
+    ensure!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout)?;
+    let lines: Vec<&str> = text.lines().collect();
+    let header: Vec<&str> = lines[0]
+        .split("  ")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    assert_eq!(
+        header,
+        ["CONTAINER", "NAME", "CPU %", "MEM", "DISK", "INODES"]
+    );
+    let row: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(row[0], &burn[..13]);
+    assert_eq!(row[1], "burn");
+    let cpu: f64 = row[2].parse()?;
+    assert!(cpu > 20.0, "burn at {cpu}% CPU");
+
+    // --watch redraws in place until interrupted.
+    let watch = Command::new(&ctl)
+        .arg("--runtime-endpoint")
+        .arg(&socket)
+        .args(["stats", "--watch"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(watch.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    let out = watch.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let redraws = text.matches("\x1b[H\x1b[2J").count();
+    assert!(redraws >= 2, "{redraws} redraws: {text:?}");
+    assert_eq!(text.matches("CONTAINER").count(), redraws);
+    pod.teardown().await
+}
