@@ -22,6 +22,7 @@ packages=(
   libprotobuf-dev      # etcd-client build.rs: google/protobuf/*.proto well-known types
   iperf3               # hack/bench-overlay.sh
   curl                 # tests/streaming.rs: the streaming server over TLS
+  python3-prometheus-client  # tests/metrics.rs: an independent parser of /metrics
 )
 
 if [[ $(id -u) -ne 0 ]]; then

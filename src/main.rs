@@ -225,6 +225,14 @@ async fn run(config: Config) -> Result<()> {
     info!(socket = %config.listen.display(), "serving the CRI");
     let shutdown_timeout = config.shutdown_timeout.0;
     let socket = config.listen.clone();
+    let _metrics = match config.metrics.address {
+        Some(addr) => {
+            let server = crius_metrics::serve(addr).await?;
+            info!(address = %server.local_addr(), "serving Prometheus /metrics");
+            Some(server)
+        }
+        None => None,
+    };
     let (streaming, streaming_listener) =
         crius_streaming::Streaming::bind(&config.streaming).await?;
     info!(address = %streaming.local_addr(), "streaming server listening");

@@ -12,7 +12,7 @@ use common::*;
 use crius_testkit::image;
 use crius_testkit::{Daemon, DaemonOptions, FaultMode, push_image};
 use k8s_cri::v1::{
-    ListMetricDescriptorsRequest, RuntimeConfigRequest, StatusRequest, VersionRequest,
+    CheckpointContainerRequest, RuntimeConfigRequest, StatusRequest, VersionRequest,
 };
 
 #[tokio::test]
@@ -130,19 +130,19 @@ async fn rpcs_not_done_yet_answer_unimplemented_naming_the_rpc() -> Result<()> {
     let err = d
         .runtime()
         .await?
-        .list_metric_descriptors(ListMetricDescriptorsRequest::default())
+        .checkpoint_container(CheckpointContainerRequest::default())
         .await
         .expect_err("not implemented");
     assert_eq!(err.code(), tonic::Code::Unimplemented);
     assert!(
-        err.message().contains("ListMetricDescriptors"),
+        err.message().contains("CheckpointContainer"),
         "{}",
         err.message()
     );
     // The RPC is logged by the logging layer with its name and code.
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(
-        d.log().contains("ListMetricDescriptors"),
+        d.log().contains("CheckpointContainer"),
         "log mentions the RPC"
     );
     Ok(())

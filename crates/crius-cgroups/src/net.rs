@@ -12,9 +12,13 @@ use std::path::Path;
 pub struct InterfaceStats {
     pub name: String,
     pub rx_bytes: u64,
+    pub rx_packets: u64,
     pub rx_errors: u64,
+    pub rx_dropped: u64,
     pub tx_bytes: u64,
+    pub tx_packets: u64,
     pub tx_errors: u64,
+    pub tx_dropped: u64,
 }
 
 /// The interfaces of the network namespace pinned at `netns` (loopback left out).
@@ -49,12 +53,16 @@ pub fn parse_net_dev(text: &str) -> Vec<InterfaceStats> {
                 .split_whitespace()
                 .map(|v| v.parse().unwrap_or(0))
                 .collect();
-            (f.len() >= 11).then(|| InterfaceStats {
+            (f.len() >= 12).then(|| InterfaceStats {
                 name: name.to_string(),
                 rx_bytes: f[0],
+                rx_packets: f[1],
                 rx_errors: f[2],
+                rx_dropped: f[3],
                 tx_bytes: f[8],
+                tx_packets: f[9],
                 tx_errors: f[10],
+                tx_dropped: f[11],
             })
         })
         .collect()
@@ -69,15 +77,19 @@ mod tests {
         let text = "Inter-|   Receive                                                |  Transmit\n \
  face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    \
 lo:     140       2    0    0    0     0          0         0      140       2    0    0    0     0       0          0\n  \
-eth0:    1296      14    1    0    0     0          0         0      796       9    2    0    0     0       0          0\n";
+eth0:    1296      14    1    5    0     0          0         0      796       9    2    6    0     0       0          0\n";
         assert_eq!(
             parse_net_dev(text),
             vec![InterfaceStats {
                 name: "eth0".into(),
                 rx_bytes: 1296,
+                rx_packets: 14,
                 rx_errors: 1,
+                rx_dropped: 5,
                 tx_bytes: 796,
+                tx_packets: 9,
                 tx_errors: 2,
+                tx_dropped: 6,
             }]
         );
     }

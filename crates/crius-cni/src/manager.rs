@@ -182,6 +182,13 @@ impl CniManager {
     /// If one fails, DEL runs for the whole chain before the error is returned. The config and
     /// the result are cached for DEL and CHECK.
     pub fn add(&self, att: &Attachment) -> Result<NetworkResult, CniError> {
+        let started = std::time::Instant::now();
+        let r = self.add_chain(att);
+        crius_metrics::global().cni("add", r.is_ok(), started.elapsed());
+        r
+    }
+
+    fn add_chain(&self, att: &Attachment) -> Result<NetworkResult, CniError> {
         let network = self.network()?;
         let call = Call {
             container_id: &att.container_id,
@@ -252,6 +259,13 @@ impl CniManager {
     /// the current config is used (libcni does the same); without either there is nothing to
     /// undo.
     pub fn del(&self, att: &Attachment) -> Result<(), CniError> {
+        let started = std::time::Instant::now();
+        let r = self.del_attachment(att);
+        crius_metrics::global().cni("del", r.is_ok(), started.elapsed());
+        r
+    }
+
+    fn del_attachment(&self, att: &Attachment) -> Result<(), CniError> {
         let current = self.network();
         let entry = self.cache.find(
             current.as_ref().ok().map(|n| n.name.as_str()),

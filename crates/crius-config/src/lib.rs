@@ -96,6 +96,8 @@ pub struct Config {
     pub exec: ExecConfig,
     /// The streaming server behind Exec, Attach and PortForward.
     pub streaming: StreamingConfig,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsConfig,
 }
 
 /// Bounds on ExecSync: calls beyond them get ResourceExhausted.
@@ -210,6 +212,7 @@ impl Default for Config {
             registries: BTreeMap::new(),
             exec: ExecConfig::default(),
             streaming: StreamingConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -506,6 +509,14 @@ impl StreamingConfig {
         }
         Ok(())
     }
+}
+
+/// The Prometheus `/metrics` endpoint of the daemon.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `IP:port` to serve `/metrics` on over plain HTTP; unset (the default): no endpoint.
+    pub address: Option<std::net::SocketAddr>,
 }
 
 #[cfg(test)]

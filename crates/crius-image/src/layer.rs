@@ -176,6 +176,7 @@ async fn download(
             Ok(Some(chunk)) => chunk?,
         };
         received += chunk.len() as u64;
+        crius_metrics::global().pull_bytes(chunk.len() as u64);
         if received > job.desc.size {
             return Err(ImageError::Verify {
                 reference: job.reference.clone(),

@@ -152,6 +152,7 @@ impl Puller {
             async move {
                 let started = std::time::Instant::now();
                 let result = this.pull(reference, creds, tx).await;
+                crius_metrics::global().pull_done(result.is_ok(), started.elapsed());
                 match &result {
                     Ok(id) => info!(image_id = %id, elapsed_ms = started.elapsed().as_millis() as u64, "pulled"),
                     Err(e) => info!(error = %e, "pull failed"),

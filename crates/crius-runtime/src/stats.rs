@@ -100,21 +100,36 @@ impl StatsCollector {
 
     pub fn pod(&self, id: &str) -> Result<PodUsage, RuntimeError> {
         let pod = self.pods.get(id)?;
-        Ok(self.pod_usage(pod))
+        let containers = self
+            .containers
+            .in_pod(&pod.id)
+            .iter()
+            .filter_map(|c| self.containers.refresh(c).ok())
+            .collect();
+        Ok(self.pod_usage(pod, containers))
     }
 
     pub fn pods(&self, filter: &PodFilter) -> Vec<PodUsage> {
+        // Every container's status is refreshed once, then grouped by pod: listing per pod
+        // would refresh them all once per pod (10,000 refreshes for 100 pods).
+        let mut by_pod: HashMap<String, Vec<ContainerRecord>> = HashMap::new();
+        for c in self.containers.list(&ContainerFilter::default()) {
+            by_pod.entry(c.pod_id.clone()).or_default().push(c);
+        }
         let out = self
             .pods
             .list(filter)
             .into_iter()
-            .map(|p| self.pod_usage(p))
+            .map(|p| {
+                let containers = by_pod.remove(&p.id).unwrap_or_default();
+                self.pod_usage(p, containers)
+            })
             .collect();
         self.forget_gone();
         out
     }
 
-    fn pod_usage(&self, pod: PodRecord) -> PodUsage {
+    fn pod_usage(&self, pod: PodRecord, containers: Vec<ContainerRecord>) -> PodUsage {
         let timestamp = now();
         let cgroup = crate::containers::pod_dir(&self.pods, &pod)
             .map(|d| read_stats(&self.hierarchy, &d))
@@ -126,14 +141,8 @@ impl StatsCollector {
             .as_ref()
             .and_then(|ns| crius_cgroups::net::interfaces_in(ns).ok())
             .unwrap_or_default();
-        let containers = self
-            .containers
-            .list(&ContainerFilter {
-                pod_id: Some(pod.id.clone()),
-                ..Default::default()
-            })
+        let containers = containers
             .into_iter()
-            .filter(|c| c.pod_id == pod.id)
             .map(|c| self.container_usage(&pod, c))
             .collect();
         PodUsage {
@@ -205,21 +214,15 @@ impl StatsCollector {
         total
     }
 
-    /// Drops samples of containers and pods that no longer exist.
+    /// Drops samples of containers and pods that no longer exist (from the in-memory
+    /// records: no status refresh).
     fn forget_gone(&self) {
-        let containers: Vec<String> = self
-            .containers
-            .list(&ContainerFilter::default())
-            .into_iter()
-            .map(|c| c.id)
-            .collect();
-        let pods: Vec<String> = self
-            .pods
-            .list(&PodFilter::default())
-            .into_iter()
-            .map(|p| format!("pod:{}", p.id))
-            .collect();
-        let known = |k: &String| containers.contains(k) || pods.contains(k);
+        let mut known = std::collections::HashSet::new();
+        for p in self.pods.list(&PodFilter::default()) {
+            known.extend(self.containers.in_pod(&p.id));
+            known.insert(format!("pod:{}", p.id));
+        }
+        let known = |k: &String| known.contains(k);
         self.cpu
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -43,15 +43,54 @@ pub async fn serve(
     let images = ImageServiceServer::new(image::Images::new(ctx.clone()))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
+    metrics_states(&ctx);
     let internal =
         crius_proto::v1::images_server::ImagesServer::new(internal::InternalImages::new(ctx));
     tonic::transport::Server::builder()
         .layer(logging::RpcLogLayer)
+        .layer(crius_metrics::GrpcMetricsLayer)
         .add_service(runtime)
         .add_service(images)
         .add_service(internal)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await
+}
+
+/// Pods and containers by state for `/metrics`, counted from the stores on each scrape.
+fn metrics_states(ctx: &std::sync::Arc<Context>) {
+    let ctx = std::sync::Arc::downgrade(ctx);
+    crius_metrics::global().set_state_source(move || {
+        let Some(ctx) = ctx.upgrade() else {
+            return crius_metrics::StateCounts::default();
+        };
+        let mut counts = crius_metrics::StateCounts::default();
+        let mut pods = std::collections::BTreeMap::<&str, i64>::new();
+        for p in ctx.pods.list(&crius_runtime::PodFilter::default()) {
+            let state = match p.state {
+                crius_runtime::PodState::Ready => "ready",
+                crius_runtime::PodState::NotReady => "notready",
+            };
+            *pods.entry(state).or_default() += 1;
+        }
+        let mut containers = std::collections::BTreeMap::<&str, i64>::new();
+        for c in ctx
+            .containers
+            .list(&crius_runtime::ContainerFilter::default())
+        {
+            let state = match c.state {
+                crius_runtime::ContainerState::Created => "created",
+                crius_runtime::ContainerState::Running => "running",
+                crius_runtime::ContainerState::Exited => "exited",
+            };
+            *containers.entry(state).or_default() += 1;
+        }
+        counts.pods = pods.into_iter().map(|(s, n)| (s.to_string(), n)).collect();
+        counts.containers = containers
+            .into_iter()
+            .map(|(s, n)| (s.to_string(), n))
+            .collect();
+        counts
+    });
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -98,6 +98,10 @@ pub enum Command {
     Run(RunArgs),
     /// Update the resources of a running container
     Update(UpdateArgs),
+    /// Show containers' resource usage (CPU %, memory working set, writable layer)
+    Stats(StatsArgs),
+    /// Stream container and pod sandbox events (created, started, stopped, deleted)
+    Events(EventsArgs),
 }
 
 /// Output format for structured results.
@@ -440,4 +444,41 @@ pub fn parse_label(s: &str) -> Result<(String, String), String> {
         Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
         _ => Err(format!("expected KEY=VALUE, got {s:?}")),
     }
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Show all containers, not only running ones
+    #[arg(short, long)]
+    pub all: bool,
+    /// Only the container with this id (or id prefix)
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Only containers of this pod sandbox
+    #[arg(short, long)]
+    pub pod: Option<String>,
+    /// Only containers with this label, KEY=VALUE; repeatable
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Seconds between the two samples CPU % is computed from (and between redraws)
+    #[arg(short, long, default_value_t = 1)]
+    pub seconds: u64,
+    /// Redraw the table in place every --seconds until interrupted
+    #[arg(short, long)]
+    pub watch: bool,
+    #[command(flatten)]
+    pub listing: ListFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// table: one row per event; json: one JSON document per line
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: EventsOutput,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EventsOutput {
+    Table,
+    Json,
 }

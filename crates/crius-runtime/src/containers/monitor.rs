@@ -85,6 +85,10 @@ impl ContainerManager {
         }
         let dir = pod.dir.join("monitor");
         create_dir_all(&dir, 0o700)?;
+        // A socket nobody answers on: the previous monitor died.
+        if socket.exists() {
+            crius_metrics::global().monitor_restarted();
+        }
         let pid = self
             .host
             .spawn_monitor(&self.opts.monitor_binary, &pod.id, &dir, &socket)

@@ -10,8 +10,11 @@ mod exec_sync;
 mod get_container_events;
 mod list_container_stats;
 mod list_containers;
+mod list_metric_descriptors;
 mod list_pod_sandbox;
+mod list_pod_sandbox_metrics;
 mod list_pod_sandbox_stats;
+mod metrics_common;
 mod pod_sandbox_stats;
 mod pod_sandbox_status;
 mod port_forward;
@@ -265,15 +268,17 @@ impl RuntimeService for Runtime {
 
     async fn list_metric_descriptors(
         &self,
-        _req: Request<ListMetricDescriptorsRequest>,
+        req: Request<ListMetricDescriptorsRequest>,
     ) -> R<ListMetricDescriptorsResponse> {
-        Err(unimplemented("ListMetricDescriptors"))
+        list_metric_descriptors::handle(req.into_inner()).map(Response::new)
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
-        _req: Request<ListPodSandboxMetricsRequest>,
+        req: Request<ListPodSandboxMetricsRequest>,
     ) -> R<ListPodSandboxMetricsResponse> {
-        Err(unimplemented("ListPodSandboxMetrics"))
+        list_pod_sandbox_metrics::handle(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
     }
 }

@@ -3,6 +3,7 @@
 //! that containers and pod sandboxes have in parallel, for the commands alike over both.
 
 mod create;
+mod events;
 mod exec;
 mod exec_stream;
 mod imagefsinfo;
@@ -22,6 +23,7 @@ mod rmp;
 mod run;
 mod runp;
 mod start;
+mod stats;
 mod stop;
 mod stopp;
 mod update;
@@ -72,6 +74,8 @@ fn deadline(global: Option<Duration>, command: &Command) -> Duration {
     match command {
         Command::Pull(_) | Command::Run(_) => global.unwrap_or(Duration::ZERO),
         Command::Logs(args) if args.follow => global.unwrap_or(Duration::ZERO),
+        Command::Stats(args) if args.watch => global.unwrap_or(Duration::ZERO),
+        Command::Events(_) => global.unwrap_or(Duration::ZERO),
         // exec's --timeout is the command's own timeout: give the RPC room beyond it.
         Command::Exec(_) => match global {
             Some(t) if !t.is_zero() => t + DEFAULT_TIMEOUT,
@@ -113,6 +117,8 @@ async fn dispatch(ctx: &Context, command: &Command, global: Option<Duration>) ->
         Command::Exec(args) => exec::run(ctx, args, global).await,
         Command::Run(args) => run::run(ctx, args).await,
         Command::Update(args) => update::run(ctx, args).await,
+        Command::Stats(args) => stats::run(ctx, args).await,
+        Command::Events(args) => events::run(ctx, args).await,
     }
 }
 
