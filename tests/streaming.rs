@@ -1341,3 +1341,187 @@ async fn kill_client_and_check_nothing_left(
     assert!(left.is_empty(), "per-exec files left: {left:?}");
     Ok(())
 }
+
+/// A container reading its stdin (`stdin_once`): each line is echoed to stdout and stderr;
+/// at EOF it says bye and exits 7.
+fn echo_container() -> k8s_cri::v1::ContainerConfig {
+    let mut c = container(
+        "web",
+        &[
+            "sh",
+            "-c",
+            "while read l; do echo \"got $l\"; echo \"err $l\" >&2; done; echo bye; exit 7",
+        ],
+    );
+    c.stdin = true;
+    c.stdin_once = true;
+    c
+}
+
+/// The pid of the pod's monitor.
+fn monitor_pid(pod: &Pod) -> u32 {
+    let p = pod
+        .env
+        .daemon
+        .state()
+        .join("pods")
+        .join(&pod.pod_id)
+        .join("monitor")
+        .join("monitor.pid");
+    std::fs::read_to_string(&p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Waits until process `pid` holds more than `n` fds.
+async fn wait_fds_above(pid: u32, n: usize, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while fd_count(pid) <= n {
+        assert!(std::time::Instant::now() < deadline, "{what} never came");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_fds_at_most(pid: u32, n: usize, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while fd_count(pid) > n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} holds {} fds, {n} before",
+            fd_count(pid)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn crictl_attach_shares_output_and_feeds_stdin_once() -> Result<()> {
+    let pod = pod_with_busybox("runc").await?;
+    let id = pod.run_config(echo_container()).await?;
+    let monitor = monitor_pid(&pod);
+    let fds = fd_count(monitor);
+    // A watcher with output only, attached first...
+    let watcher = tokio::process::Command::new(crictl())
+        .arg("--runtime-endpoint")
+        .arg(pod.env.daemon.endpoint())
+        .args(["attach", &id])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    wait_fds_above(monitor, fds, "the watcher's monitor connection").await;
+    // ...then one that types two lines and ends its stdin, which closes the container's.
+    let (code, out, err) =
+        crictl_run(&pod, &["attach", "-i", &id], Some(b"a\nb\n".to_vec())).await?;
+    let (out, err) = (
+        String::from_utf8_lossy(&out).to_string(),
+        String::from_utf8_lossy(&err).to_string(),
+    );
+    assert_eq!(out, "got a\ngot b\nbye\n", "{err}");
+    assert!(err.contains("err a\nerr b\n"), "{err}");
+    assert_crictl_exit(code, err.as_bytes(), 7);
+    let w = tokio::time::timeout(Duration::from_secs(30), watcher.wait_with_output()).await??;
+    assert_eq!(String::from_utf8_lossy(&w.stdout), "got a\ngot b\nbye\n");
+    assert!(String::from_utf8_lossy(&w.stderr).contains("err b\n"));
+    assert_eq!(pod.wait_exited(&id).await?.exit_code, 7);
+    // Still logged.
+    let log = std::fs::read_to_string(pod.log_dir.path().join("web.log"))?;
+    assert!(log.contains(" stdout F got b\n"), "{log}");
+    assert!(log.contains(" stderr F err a\n"), "{log}");
+    pod.teardown().await
+}
+
+#[tokio::test]
+async fn crictl_attach_shares_a_tty_console_and_resizes_it() -> Result<()> {
+    let pod = pod_with_busybox("runc").await?;
+    let mut c = container("web", &["sh"]);
+    (c.tty, c.stdin) = (true, true);
+    let id = pod.run_config(c).await?;
+    // `script` gives crictl a terminal of 101x33, whose size crictl sends on attach.
+    let inner = format!(
+        "stty cols 101 rows 33; {} --runtime-endpoint {} attach -it {id}",
+        crictl().display(),
+        pod.env.daemon.endpoint()
+    );
+    let sh = format!(
+        "(sleep 3; printf 'stty size; tty\\n'; sleep 2; printf 'exit 3\\n'; sleep 5) | script -qefc \"{inner}\" /dev/null"
+    );
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("sh")
+            .args(["-c", &sh])
+            .stdin(std::process::Stdio::null())
+            .output(),
+    )
+    .await??;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("33 101"), "{text:?}");
+    assert!(text.contains("/dev/pts/"), "{text:?}");
+    assert_eq!(pod.wait_exited(&id).await?.exit_code, 3);
+    let log = std::fs::read_to_string(pod.log_dir.path().join("web.log"))?;
+    assert!(log.contains("33 101"), "the console is still logged: {log}");
+    pod.teardown().await
+}
+
+#[tokio::test]
+async fn a_killed_attacher_leaves_nothing_and_the_container_runs_on() -> Result<()> {
+    let pod = pod_with_busybox("runc").await?;
+    let mut c = echo_container();
+    c.stdin_once = false;
+    let id = pod.run_config(c).await?;
+    let (daemon, monitor) = (pod.env.daemon.pid().unwrap(), monitor_pid(&pod));
+    let (mut daemon_fds, mut monitor_fds) = (0, 0);
+    for round in 0..4 {
+        let mut client = tokio::process::Command::new(crictl())
+            .arg("--runtime-endpoint")
+            .arg(pod.env.daemon.endpoint())
+            .args(["attach", "-i", &id])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        // Attached once its input comes back (its stdin stays open: the session lasts).
+        let line = format!("x{round}\n");
+        client
+            .stdin
+            .as_mut()
+            .unwrap()
+            .write_all(line.as_bytes())
+            .await?;
+        let mut got = Vec::new();
+        let mut stdout = client.stdout.take().unwrap();
+        let want = format!("got x{round}\n");
+        while !String::from_utf8_lossy(&got).contains(&want) {
+            let mut b = [0u8; 256];
+            let n = tokio::time::timeout(Duration::from_secs(20), stdout.read(&mut b)).await??;
+            anyhow::ensure!(
+                n > 0,
+                "attach ended early: {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&b[..n]);
+        }
+        client.kill().await?;
+        if round == 0 {
+            // The first round opened criusd's lazily created fds: count from here.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            (daemon_fds, monitor_fds) = (fd_count(daemon), fd_count(monitor));
+            continue;
+        }
+        wait_fds_at_most(monitor, monitor_fds, "the monitor").await;
+        wait_fds_at_most(daemon, daemon_fds, "criusd").await;
+    }
+    assert_eq!(
+        pod.status(&id).await?.state,
+        k8s_cri::v1::ContainerState::ContainerRunning as i32,
+        "the container outlives its attachers"
+    );
+    // The container's stdin stayed open (not stdin_once): it still answers.
+    let r = pod.exec(&id, &["true"], 10).await?;
+    assert_eq!(r.exit_code, 0);
+    pod.teardown().await
+}

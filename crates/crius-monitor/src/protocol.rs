@@ -29,6 +29,7 @@
 //! | `create`     | `id bundle runtime root log stdin stdin_once tty exit_dir`                   |
 //! | `start`      | `id`                                                                         |
 //! | `exec`       | `id arg* env* cwd uid gid gids* tty timeout_ms nnp`                          |
+//! | `attach`     | `id stdin stdout stderr` (answered `ok`, then frames: see [`crate::attach`]) |
 //! | `kill`       | `id signal all`                                                              |
 //! | `delete`     | `id force`                                                                   |
 //! | `reopen-log` | `id`                                                                         |
@@ -111,13 +112,33 @@ pub struct ExecRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Create(CreateRequest),
-    Start { id: String },
+    Start {
+        id: String,
+    },
     Exec(ExecRequest),
-    Kill { id: String, signal: i32, all: bool },
-    Delete { id: String, force: bool },
-    ReopenLog { id: String },
+    Kill {
+        id: String,
+        signal: i32,
+        all: bool,
+    },
+    /// Join the container's stdio; the connection then carries [`crate::attach`] frames.
+    Attach {
+        id: String,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    },
+    Delete {
+        id: String,
+        force: bool,
+    },
+    ReopenLog {
+        id: String,
+    },
     State,
-    Shutdown { force: bool },
+    Shutdown {
+        force: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -475,6 +496,19 @@ impl Request {
                 l.str("id", id).num("signal", signal).flag("all", *all);
                 l.finish()
             }
+            Request::Attach {
+                id,
+                stdin,
+                stdout,
+                stderr,
+            } => {
+                let mut l = LineBuilder::new(buf, "attach");
+                l.str("id", id)
+                    .flag("stdin", *stdin)
+                    .flag("stdout", *stdout)
+                    .flag("stderr", *stderr);
+                l.finish()
+            }
             Request::Delete { id, force } => {
                 let mut l = LineBuilder::new(buf, "delete");
                 l.str("id", id).flag("force", *force);
@@ -535,6 +569,12 @@ impl Request {
                 id: f.string("id")?,
                 signal: f.num("signal")?,
                 all: f.flag("all"),
+            },
+            b"attach" => Request::Attach {
+                id: f.string("id")?,
+                stdin: f.flag("stdin"),
+                stdout: f.flag("stdout"),
+                stderr: f.flag("stderr"),
             },
             b"delete" => Request::Delete {
                 id: f.string("id")?,
@@ -731,6 +771,12 @@ mod tests {
         });
         roundtrip_req(Request::ReopenLog { id: "x".into() });
         roundtrip_req(Request::State);
+        roundtrip_req(Request::Attach {
+            id: "x".into(),
+            stdin: true,
+            stdout: false,
+            stderr: true,
+        });
         roundtrip_req(Request::Shutdown { force: true });
     }
 

@@ -34,6 +34,7 @@ use crate::records::{RecordLocks, Save};
 use crate::rollback::Rollback;
 use crate::rootfs;
 
+mod attach;
 mod stream_exec;
 pub use stream_exec::ExecPlan;
 
