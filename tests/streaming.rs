@@ -603,7 +603,7 @@ impl ApiStandIn {
                 p if p == pod_path => Some(serde_json::json!({
                     "kind": "Pod", "apiVersion": "v1",
                     "metadata": {"name": POD_NAME, "namespace": "default", "uid": "pod-uid"},
-                    "spec": {"containers": [{"name": "web", "image": "busybox"}]},
+                    "spec": {"containers": [{"name": "web", "image": "busybox", "stdin": true, "stdinOnce": true}]},
                     "status": {"phase": "Running"},
                 })),
                 _ => None,
@@ -627,6 +627,17 @@ impl ApiStandIn {
                         .filter(|(k, _)| k == "command")
                         .map(|(_, v)| v.clone())
                         .collect(),
+                    tty: flag("tty"),
+                    stdin: flag("stdin"),
+                    stdout: flag("stdout"),
+                    stderr: flag("stderr"),
+                })
+                .await?
+                .into_inner()
+                .url
+            } else if path == format!("{pod_path}/attach") {
+                rt.attach(AttachRequest {
+                    container_id: cid.into(),
                     tty: flag("tty"),
                     stdin: flag("stdin"),
                     stdout: flag("stdout"),
@@ -1523,5 +1534,29 @@ async fn a_killed_attacher_leaves_nothing_and_the_container_runs_on() -> Result<
     // The container's stdin stayed open (not stdin_once): it still answers.
     let r = pod.exec(&id, &["true"], 10).await?;
     assert_eq!(r.exit_code, 0);
+    pod.teardown().await
+}
+
+#[tokio::test]
+async fn kubectl_attach_over_spdy() -> Result<()> {
+    need_kubectl!();
+    let pod = pod_with_busybox("runc").await?;
+    let id = pod.run_config(echo_container()).await?;
+    let api = ApiStandIn::start(&pod, &id).await?;
+    let (code, out, err) = kubectl_run(
+        &api,
+        &["attach", "-i", POD_NAME],
+        Some(b"one\ntwo\n".to_vec()),
+    )
+    .await?;
+    let err = String::from_utf8_lossy(&err).to_string();
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "got one\ngot two\nbye\n",
+        "{err}"
+    );
+    assert!(err.contains("err one\nerr two\n"), "{err}");
+    assert_eq!(code, 7, "{err}");
+    assert_eq!(pod.wait_exited(&id).await?.exit_code, 7);
     pod.teardown().await
 }
