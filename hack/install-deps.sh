@@ -22,6 +22,7 @@ packages=(
   libprotobuf-dev      # etcd-client build.rs: google/protobuf/*.proto well-known types
   iperf3               # hack/bench-overlay.sh
   curl                 # tests/streaming.rs: the streaming server over TLS
+  python3-kubernetes   # tests/streaming.rs: a WebSocket (v4.channel.k8s.io) exec/attach client
 )
 
 if [[ $(id -u) -ne 0 ]]; then

@@ -579,7 +579,7 @@ impl ApiStandIn {
             let flag = |k: &str| {
                 params
                     .iter()
-                    .any(|(n, v)| n == k && (v == "true" || v == "1"))
+                    .any(|(n, v)| n == k && (v.eq_ignore_ascii_case("true") || v == "1"))
             };
             let pod_path = format!("/api/v1/namespaces/default/pods/{POD_NAME}");
             // Discovery, then the pod: what kubectl reads before it upgrades.
@@ -1558,5 +1558,239 @@ async fn kubectl_attach_over_spdy() -> Result<()> {
     assert!(err.contains("err one\nerr two\n"), "{err}");
     assert_eq!(code, 7, "{err}");
     assert_eq!(pod.wait_exited(&id).await?.exit_code, 7);
+    pod.teardown().await
+}
+
+/// The python Kubernetes client (Debian's python3-kubernetes), which speaks WebSocket
+/// `v4.channel.k8s.io` to the API server, proxied by the stand-in to crius.
+fn python_kubernetes() -> Option<&'static str> {
+    let ok = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", "import kubernetes.stream"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    ok.then_some("/usr/bin/python3")
+}
+
+macro_rules! need_python_kubernetes {
+    () => {
+        if python_kubernetes().is_none() {
+            eprintln!("python3-kubernetes not installed: skipped");
+            return Ok(());
+        }
+    };
+}
+
+const PY_CLIENT: &str = r#"
+import faulthandler, json, sys, time
+faulthandler.dump_traceback_later(60, exit=True)
+from kubernetes.client import ApiClient, Configuration
+from kubernetes.client.api import core_v1_api
+from kubernetes.stream import stream
+
+c = Configuration()
+c.host = sys.argv[1]
+api = core_v1_api.CoreV1Api(ApiClient(c))
+what = sys.argv[2]
+if what == "exec":
+    r = stream(api.connect_get_namespaced_pod_exec, "web", "default",
+               command=["sh", "-c", "echo out; echo err >&2; exit 3"],
+               stdin=False, stdout=True, stderr=True, tty=False, _preload_content=False)
+    r.run_forever(timeout=60)
+    print(json.dumps({"out": r.read_stdout(), "err": r.read_stderr(), "code": r.returncode}))
+elif what == "stdin":
+    r = stream(api.connect_get_namespaced_pod_exec, "web", "default",
+               command=["sh", "-c", "read a; read b; echo \"got $a $b\""],
+               stdin=True, stdout=True, stderr=True, tty=False, _preload_content=False)
+    r.write_stdin("hello\nworld\n")
+    r.run_forever(timeout=60)
+    print(json.dumps({"out": r.read_stdout(), "code": r.returncode}))
+elif what == "attach":
+    r = stream(api.connect_get_namespaced_pod_attach, "web", "default",
+               stdin=True, stdout=True, stderr=True, tty=False, _preload_content=False)
+    r.write_stdin("one\n")
+    out, err = "", ""
+    deadline = time.time() + 30
+    while ("got one" not in out or "err one" not in err) and time.time() < deadline:
+        r.update(timeout=1)
+        out += r.read_stdout(timeout=0) or ""
+        err += r.read_stderr(timeout=0) or ""
+    r.close()
+    print(json.dumps({"out": out, "err": err}))
+"#;
+
+async fn python_run(api: &ApiStandIn, what: &str) -> Result<serde_json::Value> {
+    let out = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::process::Command::new(python_kubernetes().unwrap())
+            .args(["-c", PY_CLIENT, &format!("http://{}", api.addr), what])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await??;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    anyhow::ensure!(
+        out.status.success(),
+        "python client failed: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_str(text.trim())?)
+}
+
+#[tokio::test]
+async fn python_kubernetes_exec_and_attach_over_websocket() -> Result<()> {
+    need_python_kubernetes!();
+    let pod = pod_with_busybox("runc").await?;
+    let id = pod.run_config(echo_container()).await?;
+    let api = ApiStandIn::start(&pod, &id).await?;
+
+    let r = python_run(&api, "exec").await?;
+    assert_eq!(r["out"], "out\n", "{r}");
+    assert_eq!(r["err"], "err\n", "{r}");
+    assert_eq!(r["code"], 3, "{r}");
+    let r = python_run(&api, "stdin").await?;
+    assert_eq!(r["out"], "got hello world\n", "{r}");
+    assert_eq!(r["code"], 0, "{r}");
+    // Attach: the attacher's line comes back on both streams; when it leaves, the
+    // stdin_once container's stdin is closed and it exits.
+    let r = python_run(&api, "attach").await?;
+    assert!(r["out"].as_str().unwrap().contains("got one\n"), "{r}");
+    assert!(r["err"].as_str().unwrap().contains("err one\n"), "{r}");
+    assert_eq!(pod.wait_exited(&id).await?.exit_code, 7);
+    pod.teardown().await
+}
+
+/// A raw WebSocket session on a crius URL with `protocol`; returns every message received
+/// until the server closed.
+async fn ws_session(
+    url: &str,
+    protocol: &str,
+    send: Vec<tokio_tungstenite::tungstenite::Message>,
+) -> Result<Vec<tokio_tungstenite::tungstenite::Message>> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.replace("http://", "ws://").into_client_request()?;
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", protocol.parse()?);
+    let host = url
+        .strip_prefix("http://")
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(host).await?;
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, tcp).await?;
+    assert_eq!(
+        resp.headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok()),
+        Some(protocol)
+    );
+    for m in send {
+        ws.send(m).await?;
+    }
+    let mut got = Vec::new();
+    while let Some(m) = tokio::time::timeout(Duration::from_secs(30), ws.next()).await? {
+        match m {
+            Ok(m) if m.is_close() => break,
+            Ok(m) => got.push(m),
+            Err(e) => {
+                got.push(tokio_tungstenite::tungstenite::Message::text(format!(
+                    "error: {e}"
+                )));
+                break;
+            }
+        }
+    }
+    Ok(got)
+}
+
+#[tokio::test]
+async fn websocket_base64_and_v5_close_signal() -> Result<()> {
+    use tokio_tungstenite::tungstenite::Message;
+    let pod = pod_with_busybox("runc").await?;
+    let id = pod.run("web", &["sleep", "1000"]).await?;
+    let mut rt = pod.env.daemon.runtime().await?;
+    let exec = |cmd: &[&str], stdin: bool| ExecRequest {
+        container_id: id.clone(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        stdin,
+        stdout: true,
+        stderr: true,
+        tty: false,
+    };
+
+    // v5: stdin ends with the close signal, so `cat` ends and the status says Success.
+    let url = rt.exec(exec(&["cat"], true)).await?.into_inner().url;
+    let got = ws_session(
+        &url,
+        "v5.channel.k8s.io",
+        vec![
+            Message::binary(b"\x00hello ws".to_vec()),
+            Message::binary(vec![255u8, 0]),
+        ],
+    )
+    .await?;
+    let bins: Vec<Vec<u8>> = got
+        .iter()
+        .filter(|m| m.is_binary())
+        .map(|m| m.clone().into_data().to_vec())
+        .collect();
+    let out: Vec<u8> = bins
+        .iter()
+        .filter(|b| b.first() == Some(&1))
+        .flat_map(|b| b[1..].to_vec())
+        .collect();
+    assert_eq!(out, b"hello ws", "{got:?}");
+    let status = bins
+        .iter()
+        .find(|b| b.first() == Some(&3))
+        .expect("a status on the error channel");
+    let v: serde_json::Value = serde_json::from_slice(&status[1..])?;
+    assert_eq!(v["status"], "Success", "{v}");
+
+    // base64: text messages, the channel as a digit.
+    let url = rt
+        .exec(exec(&["sh", "-c", "echo hi; echo oops >&2; exit 2"], false))
+        .await?
+        .into_inner()
+        .url;
+    let got = ws_session(&url, "base64.channel.k8s.io", vec![]).await?;
+    let texts: Vec<String> = got
+        .iter()
+        .filter(|m| m.is_text())
+        .map(|m| m.to_text().unwrap().to_string())
+        .collect();
+    assert!(texts.contains(&"1aGkK".to_string()), "{texts:?}");
+    assert!(texts.contains(&"2b29wcwo=".to_string()), "{texts:?}");
+    use base64::Engine;
+    let status = texts.iter().find(|t| t.starts_with('3')).expect("a status");
+    let status = base64::engine::general_purpose::STANDARD.decode(&status[1..])?;
+    assert!(
+        String::from_utf8_lossy(&status).contains("exit status 2"),
+        "{}",
+        String::from_utf8_lossy(&status)
+    );
+
+    // A message over the size limit ends the session; the process is killed.
+    let url = rt
+        .exec(exec(&["sleep", "4244"], true))
+        .await?
+        .into_inner()
+        .url;
+    let mut big = vec![0u8; 2 << 20];
+    big[0] = 0;
+    // Whatever the client sees (a close or a reset), the session is over.
+    let _ = ws_session(&url, "v4.channel.k8s.io", vec![Message::binary(big)]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !processes_with_cmdline(&["sleep", "4244"]).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the process outlived a hostile client"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A protocol crius does not speak is refused before the upgrade.
+    let url = rt.exec(exec(&["true"], false)).await?.into_inner().url;
+    assert!(ws_session(&url, "v9.channel.k8s.io", vec![]).await.is_err());
     pod.teardown().await
 }
