@@ -669,7 +669,18 @@ impl ApiStandIn {
             let mut lines = text.split("\r\n");
             let first = lines.next().unwrap();
             let method = first.split(' ').next().unwrap();
-            let mut fwd = format!("{method} {upath} HTTP/1.1\r\n");
+            // The query goes along, `ports` renamed `port` as the API server does.
+            let query = query
+                .split('&')
+                .filter(|kv| !kv.is_empty())
+                .map(|kv| {
+                    kv.strip_prefix("ports=")
+                        .map_or(kv.to_string(), |p| format!("port={p}"))
+                })
+                .collect::<Vec<_>>()
+                .join("&");
+            let sep = if query.is_empty() { "" } else { "?" };
+            let mut fwd = format!("{method} {upath}{sep}{query} HTTP/1.1\r\n");
             for l in lines.filter(|l| !l.is_empty()) {
                 if !l.to_ascii_lowercase().starts_with("host:") {
                     fwd.push_str(l);
@@ -1604,6 +1615,20 @@ elif what == "stdin":
     r.write_stdin("hello\nworld\n")
     r.run_forever(timeout=60)
     print(json.dumps({"out": r.read_stdout(), "code": r.returncode}))
+elif what == "portforward":
+    from kubernetes.stream import portforward
+    pf = portforward(api.connect_get_namespaced_pod_portforward, "web", "default", ports="8080")
+    s = pf.socket(8080)
+    s.setblocking(True)
+    s.sendall(b"GET /index.html HTTP/1.0\r\n\r\n")
+    data = b""
+    while True:
+        d = s.recv(4096)
+        if not d:
+            break
+        data += d
+    s.close()
+    print(json.dumps({"out": data.decode(), "error": pf.error(8080)}))
 elif what == "attach":
     r = stream(api.connect_get_namespaced_pod_attach, "web", "default",
                stdin=True, stdout=True, stderr=True, tty=False, _preload_content=False)
@@ -1792,5 +1817,89 @@ async fn websocket_base64_and_v5_close_signal() -> Result<()> {
     // A protocol crius does not speak is refused before the upgrade.
     let url = rt.exec(exec(&["true"], false)).await?.into_inner().url;
     assert!(ws_session(&url, "v9.channel.k8s.io", vec![]).await.is_err());
+    pod.teardown().await
+}
+
+const HTTPD: &str = "mkdir -p /www && echo hello-from-the-pod > /www/index.html && exec busybox httpd -f -p 8080 -h /www";
+
+#[tokio::test]
+async fn port_forward_over_websocket() -> Result<()> {
+    use tokio_tungstenite::tungstenite::Message;
+    let pod = pod_with_busybox("runc").await?;
+    let id = pod.run("httpd", &["sh", "-c", HTTPD]).await?;
+    // Wait for the server to listen.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while pod
+        .exec(
+            &id,
+            &["sh", "-c", "wget -q -O- http://127.0.0.1:8080/index.html"],
+            5,
+        )
+        .await?
+        .exit_code
+        != 0
+    {
+        assert!(std::time::Instant::now() < deadline, "httpd never listened");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut rt = pod.env.daemon.runtime().await?;
+    // Raw v4 channel framing: each channel opens with its port, then data on channel 0.
+    for round in 0..3 {
+        let url = rt
+            .port_forward(PortForwardRequest {
+                pod_sandbox_id: pod.pod_id.clone(),
+                port: vec![8080],
+            })
+            .await?
+            .into_inner()
+            .url;
+        let mut req = vec![0u8];
+        req.extend_from_slice(b"GET /index.html HTTP/1.0\r\n\r\n");
+        let got = ws_session(
+            &format!("{url}?port=8080"),
+            "v4.channel.k8s.io",
+            vec![Message::binary(req)],
+        )
+        .await?;
+        let bins: Vec<Vec<u8>> = got.iter().map(|m| m.clone().into_data().to_vec()).collect();
+        assert_eq!(bins[0], [0, 0x90, 0x1f], "round {round}: {got:?}");
+        assert_eq!(bins[1], [1, 0x90, 0x1f], "round {round}: {got:?}");
+        let data: Vec<u8> = bins[2..]
+            .iter()
+            .filter(|b| b.first() == Some(&0))
+            .flat_map(|b| b[1..].to_vec())
+            .collect();
+        assert!(
+            String::from_utf8_lossy(&data).contains("hello-from-the-pod"),
+            "{got:?}"
+        );
+    }
+    // A port the RPC did not grant is reported on the error channel.
+    let url = rt
+        .port_forward(PortForwardRequest {
+            pod_sandbox_id: pod.pod_id.clone(),
+            port: vec![8080],
+        })
+        .await?
+        .into_inner()
+        .url;
+    let got = ws_session(&format!("{url}?port=9999"), "v4.channel.k8s.io", vec![]).await?;
+    assert!(
+        got.iter().any(|m| {
+            let d = m.clone().into_data();
+            d.first() == Some(&1) && String::from_utf8_lossy(&d).contains("9999")
+        }),
+        "{got:?}"
+    );
+
+    // The python client through the API-server stand-in.
+    if python_kubernetes().is_some() {
+        let api = ApiStandIn::start(&pod, &id).await?;
+        let r = python_run(&api, "portforward").await?;
+        assert!(
+            r["out"].as_str().unwrap().contains("hello-from-the-pod"),
+            "{r}"
+        );
+    }
     pod.teardown().await
 }

@@ -290,6 +290,8 @@ pub async fn run_portforward<S>(
     let (out, writer_task) = writer(sink);
     let mut to_pod: Vec<Option<mpsc::Sender<Bytes>>> = Vec::new();
     let mut tasks = Vec::new();
+    // The pod-to-client copies: once all have ended, so has the session (as the kubelet's).
+    let mut downstream = tokio::task::JoinSet::new();
     for (i, &port) in ports.iter().enumerate() {
         let (data_ch, err_ch) = ((2 * i) as u8, (2 * i + 1) as u8);
         if framing.port_prefix {
@@ -329,16 +331,21 @@ pub async fn run_portforward<S>(
             let _ = wr.shutdown().await;
         }));
         let out = out.clone();
-        tasks.push(tokio::spawn(async move {
+        downstream.spawn(async move {
             let mut buf = vec![0u8; READ_CHUNK];
             while let Ok(n @ 1..) = rd.read(&mut buf).await {
                 if out.send(framing.encode(data_ch, &buf[..n])).await.is_err() {
                     return;
                 }
             }
-        }));
+        });
     }
-    while let Some(Ok(msg)) = stream.next().await {
+    loop {
+        let msg = tokio::select! {
+            m = stream.next() => m,
+            () = async { while downstream.join_next().await.is_some() {} } => break,
+        };
+        let Some(Ok(msg)) = msg else { break };
         if msg.is_close() {
             break;
         }
@@ -366,6 +373,7 @@ pub async fn run_portforward<S>(
     for t in tasks {
         t.abort();
     }
+    downstream.abort_all();
     drop(out);
     let _ = tokio::time::timeout(CLOSE_GRACE, writer_task).await;
 }
