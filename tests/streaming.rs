@@ -1903,3 +1903,37 @@ async fn port_forward_over_websocket() -> Result<()> {
     }
     pod.teardown().await
 }
+
+#[tokio::test]
+async fn criusctl_attach_streams_stdin_and_the_exit_code() -> Result<()> {
+    let ctl = std::path::Path::new(common::CRIUSD).with_file_name("criusctl");
+    assert!(
+        ctl.exists(),
+        "{} not built: cargo build -p criusctl",
+        ctl.display()
+    );
+    let pod = pod_with_busybox("runc").await?;
+    let id = pod.run_config(echo_container()).await?;
+    let mut child = tokio::process::Command::new(&ctl)
+        .arg("--runtime-endpoint")
+        .arg(pod.env.daemon.socket())
+        .args(["attach", "--stdin", &id])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut w = child.stdin.take().unwrap();
+    w.write_all(b"ctl\n").await?;
+    drop(w);
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()).await??;
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "got ctl\nbye\n",
+        "{err}"
+    );
+    assert!(err.contains("err ctl\n"), "{err}");
+    assert_eq!(out.status.code(), Some(7), "{err}");
+    pod.teardown().await
+}

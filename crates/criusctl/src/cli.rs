@@ -94,6 +94,8 @@ pub enum Command {
     /// so there is no -i/-t and the output is shown once the command has finished. The global
     /// --timeout is the command's timeout (0 or unset: none).
     Exec(ExecArgs),
+    /// Attach to a running container's stdio (its output, and with --stdin its input)
+    Attach(AttachArgs),
     /// Run a new pod sandbox and a container in it (runp, pull, create, start)
     Run(RunArgs),
     /// Update the resources of a running container
@@ -393,6 +395,18 @@ pub struct ExecArgs {
     /// Command and its arguments
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// Send stdin to the container (long form only: -i is the global --image-endpoint)
+    #[arg(long)]
+    pub stdin: bool,
+    /// The container has a terminal: raw mode, and the terminal's size sent
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Container id
+    pub container: String,
 }
 
 #[derive(Debug, Args)]
