@@ -1937,3 +1937,48 @@ async fn criusctl_attach_streams_stdin_and_the_exit_code() -> Result<()> {
     assert_eq!(out.status.code(), Some(7), "{err}");
     pod.teardown().await
 }
+
+#[tokio::test]
+async fn criusctl_port_forward_to_a_busybox_httpd() -> Result<()> {
+    let ctl = std::path::Path::new(common::CRIUSD).with_file_name("criusctl");
+    let pod = pod_with_busybox("runc").await?;
+    pod.run("httpd", &["sh", "-c", HTTPD]).await?;
+    let local = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let mut fwd = tokio::process::Command::new(&ctl)
+        .arg("--runtime-endpoint")
+        .arg(pod.env.daemon.socket())
+        .args([
+            "port-forward",
+            &pod.pod_id,
+            &format!("{}:8080", local.port()),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match http_get(local).await {
+            Ok(r) if r.contains("hello-from-the-pod") => break,
+            r => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "port-forward never served: {r:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    for i in 0..100 {
+        let r = http_get(local).await?;
+        assert!(r.contains("hello-from-the-pod"), "connection {i}: {r:?}");
+    }
+    let tasks: Vec<_> = (0..20).map(|_| tokio::spawn(http_get(local))).collect();
+    for t in tasks {
+        let r = t.await??;
+        assert!(r.contains("hello-from-the-pod"), "{r:?}");
+    }
+    fwd.kill().await?;
+    pod.teardown().await
+}

@@ -96,6 +96,8 @@ pub enum Command {
     Exec(ExecArgs),
     /// Attach to a running container's stdio (its output, and with --stdin its input)
     Attach(AttachArgs),
+    /// Forward local ports to ports in a pod until interrupted
+    PortForward(PortForwardArgs),
     /// Run a new pod sandbox and a container in it (runp, pull, create, start)
     Run(RunArgs),
     /// Update the resources of a running container
@@ -407,6 +409,15 @@ pub struct AttachArgs {
     pub tty: bool,
     /// Container id
     pub container: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PortForwardArgs {
+    /// Pod sandbox id
+    pub pod: String,
+    /// [LOCAL:]REMOTE port pairs (LOCAL empty or 0: a free port)
+    #[arg(required = true)]
+    pub ports: Vec<String>,
 }
 
 #[derive(Debug, Args)]

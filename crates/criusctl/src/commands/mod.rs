@@ -15,6 +15,7 @@ mod inspectp;
 mod kind;
 mod logs;
 mod pods;
+mod port_forward;
 mod ps;
 mod pull;
 mod rm;
@@ -74,7 +75,7 @@ fn deadline(global: Option<Duration>, command: &Command) -> Duration {
         Command::Pull(_) | Command::Run(_) => global.unwrap_or(Duration::ZERO),
         Command::Logs(args) if args.follow => global.unwrap_or(Duration::ZERO),
         // An attach lasts as long as the container or the user wants.
-        Command::Attach(_) => global.unwrap_or(Duration::ZERO),
+        Command::Attach(_) | Command::PortForward(_) => global.unwrap_or(Duration::ZERO),
         // exec's --timeout is the command's own timeout: give the RPC room beyond it.
         Command::Exec(_) => match global {
             Some(t) if !t.is_zero() => t + DEFAULT_TIMEOUT,
@@ -115,6 +116,7 @@ async fn dispatch(ctx: &Context, command: &Command, global: Option<Duration>) ->
         Command::Logs(args) => logs::run(ctx, args).await,
         Command::Exec(args) => exec::run(ctx, args, global).await,
         Command::Attach(args) => attach::run(ctx, args).await,
+        Command::PortForward(args) => port_forward::run(ctx, args).await,
         Command::Run(args) => run::run(ctx, args).await,
         Command::Update(args) => update::run(ctx, args).await,
     }
