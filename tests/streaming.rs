@@ -1103,6 +1103,38 @@ async fn bench_streaming() -> Result<()> {
         p(0.5),
         p(0.99)
     );
+    // The same round trip straight to crius's URL: crictl (streaming exec) and criusctl
+    // (--interactive makes it the streaming exec too, stdin at EOF at once).
+    let ctl = std::path::Path::new(common::CRIUSD).with_file_name("criusctl");
+    for (name, bin, args) in [
+        ("crictl", crictl(), vec!["exec", &id, "true"]),
+        ("criusctl", ctl, vec!["exec", "--interactive", &id, "true"]),
+    ] {
+        let mut rtts = Vec::new();
+        for _ in 0..50 {
+            let t = std::time::Instant::now();
+            let out = tokio::process::Command::new(&bin)
+                .arg("--runtime-endpoint")
+                .arg(pod.env.daemon.socket())
+                .args(&args)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .await?;
+            assert!(
+                out.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            rtts.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        rtts.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let p = |q: f64| rtts[((rtts.len() as f64 - 1.0) * q).round() as usize];
+        eprintln!(
+            "BENCH {name} exec true round trip: p50 {:.1} ms, p99 {:.1} ms",
+            p(0.5),
+            p(0.99)
+        );
+    }
     let t = std::time::Instant::now();
     let (code, out, _) =
         kubectl_run(&api, &["exec", POD_NAME, "--", "cat", "/www/blob"], None).await?;
