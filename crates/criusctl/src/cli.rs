@@ -90,9 +90,9 @@ pub enum Command {
     Logs(LogsArgs),
     /// Run a command in a running container
     ///
-    /// Only the synchronous form (ExecSync) is supported: streaming Exec is not implemented,
-    /// so there is no -i/-t and the output is shown once the command has finished. The global
-    /// --timeout is the command's timeout (0 or unset: none).
+    /// Without --interactive or -t this is ExecSync: the output is shown once the command
+    /// has finished, and the global --timeout is the command's timeout (0 or unset: none).
+    /// With them it is the streaming Exec (SPDY, `v4.channel.k8s.io`).
     Exec(ExecArgs),
     /// Attach to a running container's stdio (its output, and with --stdin its input)
     Attach(AttachArgs),
