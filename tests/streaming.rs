@@ -2014,3 +2014,105 @@ async fn criusctl_port_forward_to_a_busybox_httpd() -> Result<()> {
     fwd.kill().await?;
     pod.teardown().await
 }
+
+/// kubectl >= 1.30's port-forward: SPDY carried in WebSocket binary messages. The SPDY side
+/// here is crius's own client (kubectl 1.20 predates the tunnel).
+#[tokio::test]
+async fn port_forward_through_the_spdy_over_websocket_tunnel() -> Result<()> {
+    use crius_streaming::spdy::Headers;
+    use crius_streaming::spdy::session::Session;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let pod = pod_with_busybox("runc").await?;
+    let id = pod.run("httpd", &["sh", "-c", HTTPD]).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while pod
+        .exec(
+            &id,
+            &["sh", "-c", "wget -q -O- http://127.0.0.1:8080/index.html"],
+            5,
+        )
+        .await?
+        .exit_code
+        != 0
+    {
+        assert!(std::time::Instant::now() < deadline, "httpd never listened");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let url = pod
+        .env
+        .daemon
+        .runtime()
+        .await?
+        .port_forward(PortForwardRequest {
+            pod_sandbox_id: pod.pod_id.clone(),
+            port: vec![8080],
+        })
+        .await?
+        .into_inner()
+        .url;
+    let mut req = url.replace("http://", "ws://").into_client_request()?;
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "SPDY/3.1+portforward.k8s.io".parse()?,
+    );
+    let host = url
+        .strip_prefix("http://")
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(host).await?;
+    let (ws, _) = tokio_tungstenite::client_async(req, tcp).await?;
+    // Bridge the WebSocket to a byte stream for the SPDY session.
+    let (ours, theirs) = tokio::io::duplex(1 << 18);
+    let (mut rd, mut wr) = tokio::io::split(ours);
+    let (mut sink, mut stream) = ws.split();
+    let bridge = tokio::spawn(async move {
+        let up = async {
+            let mut buf = vec![0u8; 1 << 15];
+            while let Ok(n @ 1..) = rd.read(&mut buf).await {
+                if sink.send(Message::binary(buf[..n].to_vec())).await.is_err() {
+                    return;
+                }
+            }
+        };
+        let down = async {
+            while let Some(Ok(Message::Binary(b))) = stream.next().await {
+                if wr.write_all(&b).await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::join!(up, down);
+    });
+    let session = Session::start(theirs)?;
+    for i in 0..3 {
+        let h = |t: &str| {
+            Headers::new()
+                .with("streamType", t)
+                .with("port", "8080")
+                .with("requestID", &i.to_string())
+        };
+        let (_err, _) = session.open(h("error")).await?;
+        let (mut data_r, data_w) = session.open(h("data")).await?;
+        data_w
+            .write(bytes::Bytes::from_static(
+                b"GET /index.html HTTP/1.0\r\n\r\n",
+            ))
+            .await?;
+        let mut got = Vec::new();
+        while let Some(b) = tokio::time::timeout(Duration::from_secs(20), data_r.read()).await? {
+            got.extend_from_slice(&b);
+        }
+        assert!(
+            String::from_utf8_lossy(&got).contains("hello-from-the-pod"),
+            "request {i}: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    session.close().await;
+    bridge.abort();
+    pod.teardown().await
+}
