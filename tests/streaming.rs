@@ -1237,6 +1237,30 @@ async fn the_streaming_server_speaks_tls_when_configured() -> Result<()> {
             .ok(),
         Some(400)
     );
+    // criusctl's streaming exec over the https URL (the certificate is not verified, as
+    // crictl does not).
+    let ctl = std::path::Path::new(common::CRIUSD).with_file_name("criusctl");
+    let out = tokio::process::Command::new(&ctl)
+        .arg("--runtime-endpoint")
+        .arg(pod.env.daemon.socket())
+        .args([
+            "exec",
+            "--interactive",
+            &id,
+            "sh",
+            "-c",
+            "echo tls-ok; exit 6",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await?;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "tls-ok\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(6));
     pod.teardown().await
 }
 
