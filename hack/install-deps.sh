@@ -23,6 +23,7 @@ packages=(
   iperf3               # hack/bench-overlay.sh
   curl                 # tests/streaming.rs: the streaming server over TLS
   python3-prometheus-client  # tests/metrics.rs: an independent parser of /metrics
+  python3-kubernetes   # tests/streaming.rs: a WebSocket (v4.channel.k8s.io) exec/attach client
 )
 
 if [[ $(id -u) -ne 0 ]]; then

@@ -579,7 +579,7 @@ impl ApiStandIn {
             let flag = |k: &str| {
                 params
                     .iter()
-                    .any(|(n, v)| n == k && (v == "true" || v == "1"))
+                    .any(|(n, v)| n == k && (v.eq_ignore_ascii_case("true") || v == "1"))
             };
             let pod_path = format!("/api/v1/namespaces/default/pods/{POD_NAME}");
             // Discovery, then the pod: what kubectl reads before it upgrades.
@@ -603,7 +603,7 @@ impl ApiStandIn {
                 p if p == pod_path => Some(serde_json::json!({
                     "kind": "Pod", "apiVersion": "v1",
                     "metadata": {"name": POD_NAME, "namespace": "default", "uid": "pod-uid"},
-                    "spec": {"containers": [{"name": "web", "image": "busybox"}]},
+                    "spec": {"containers": [{"name": "web", "image": "busybox", "stdin": true, "stdinOnce": true}]},
                     "status": {"phase": "Running"},
                 })),
                 _ => None,
@@ -635,6 +635,17 @@ impl ApiStandIn {
                 .await?
                 .into_inner()
                 .url
+            } else if path == format!("{pod_path}/attach") {
+                rt.attach(AttachRequest {
+                    container_id: cid.into(),
+                    tty: flag("tty"),
+                    stdin: flag("stdin"),
+                    stdout: flag("stdout"),
+                    stderr: flag("stderr"),
+                })
+                .await?
+                .into_inner()
+                .url
             } else if path == format!("{pod_path}/portforward") {
                 rt.port_forward(PortForwardRequest {
                     pod_sandbox_id: pod_id.into(),
@@ -658,7 +669,18 @@ impl ApiStandIn {
             let mut lines = text.split("\r\n");
             let first = lines.next().unwrap();
             let method = first.split(' ').next().unwrap();
-            let mut fwd = format!("{method} {upath} HTTP/1.1\r\n");
+            // The query goes along, `ports` renamed `port` as the API server does.
+            let query = query
+                .split('&')
+                .filter(|kv| !kv.is_empty())
+                .map(|kv| {
+                    kv.strip_prefix("ports=")
+                        .map_or(kv.to_string(), |p| format!("port={p}"))
+                })
+                .collect::<Vec<_>>()
+                .join("&");
+            let sep = if query.is_empty() { "" } else { "?" };
+            let mut fwd = format!("{method} {upath}{sep}{query} HTTP/1.1\r\n");
             for l in lines.filter(|l| !l.is_empty()) {
                 if !l.to_ascii_lowercase().starts_with("host:") {
                     fwd.push_str(l);
@@ -1081,6 +1103,38 @@ async fn bench_streaming() -> Result<()> {
         p(0.5),
         p(0.99)
     );
+    // The same round trip straight to crius's URL: crictl (streaming exec) and criusctl
+    // (--interactive makes it the streaming exec too, stdin at EOF at once).
+    let ctl = std::path::Path::new(common::CRIUSD).with_file_name("criusctl");
+    for (name, bin, args) in [
+        ("crictl", crictl(), vec!["exec", &id, "true"]),
+        ("criusctl", ctl, vec!["exec", "--interactive", &id, "true"]),
+    ] {
+        let mut rtts = Vec::new();
+        for _ in 0..50 {
+            let t = std::time::Instant::now();
+            let out = tokio::process::Command::new(&bin)
+                .arg("--runtime-endpoint")
+                .arg(pod.env.daemon.socket())
+                .args(&args)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .await?;
+            assert!(
+                out.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            rtts.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        rtts.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let p = |q: f64| rtts[((rtts.len() as f64 - 1.0) * q).round() as usize];
+        eprintln!(
+            "BENCH {name} exec true round trip: p50 {:.1} ms, p99 {:.1} ms",
+            p(0.5),
+            p(0.99)
+        );
+    }
     let t = std::time::Instant::now();
     let (code, out, _) =
         kubectl_run(&api, &["exec", POD_NAME, "--", "cat", "/www/blob"], None).await?;
@@ -1183,6 +1237,30 @@ async fn the_streaming_server_speaks_tls_when_configured() -> Result<()> {
             .ok(),
         Some(400)
     );
+    // criusctl's streaming exec over the https URL (the certificate is not verified, as
+    // crictl does not).
+    let ctl = std::path::Path::new(common::CRIUSD).with_file_name("criusctl");
+    let out = tokio::process::Command::new(&ctl)
+        .arg("--runtime-endpoint")
+        .arg(pod.env.daemon.socket())
+        .args([
+            "exec",
+            "--interactive",
+            &id,
+            "sh",
+            "-c",
+            "echo tls-ok; exit 6",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await?;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "tls-ok\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(6));
     pod.teardown().await
 }
 
@@ -1340,4 +1418,725 @@ async fn kill_client_and_check_nothing_left(
         .collect();
     assert!(left.is_empty(), "per-exec files left: {left:?}");
     Ok(())
+}
+
+/// A container reading its stdin (`stdin_once`): each line is echoed to stdout and stderr;
+/// at EOF it says bye and exits 7.
+fn echo_container() -> k8s_cri::v1::ContainerConfig {
+    let mut c = container(
+        "web",
+        &[
+            "sh",
+            "-c",
+            "while read l; do echo \"got $l\"; echo \"err $l\" >&2; done; echo bye; exit 7",
+        ],
+    );
+    c.stdin = true;
+    c.stdin_once = true;
+    c
+}
+
+/// The pid of the pod's monitor.
+fn monitor_pid(pod: &Pod) -> u32 {
+    let p = pod
+        .env
+        .daemon
+        .state()
+        .join("pods")
+        .join(&pod.pod_id)
+        .join("monitor")
+        .join("monitor.pid");
+    std::fs::read_to_string(&p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Waits until process `pid` holds more than `n` fds.
+async fn wait_fds_above(pid: u32, n: usize, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while fd_count(pid) <= n {
+        assert!(std::time::Instant::now() < deadline, "{what} never came");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_fds_at_most(pid: u32, n: usize, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while fd_count(pid) > n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} holds {} fds, {n} before",
+            fd_count(pid)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn crictl_attach_shares_output_and_feeds_stdin_once() -> Result<()> {
+    let pod = pod_with_busybox("runc").await?;
+    let id = pod.run_config(echo_container()).await?;
+    let monitor = monitor_pid(&pod);
+    let fds = fd_count(monitor);
+    // A watcher with output only, attached first...
+    let watcher = tokio::process::Command::new(crictl())
+        .arg("--runtime-endpoint")
+        .arg(pod.env.daemon.endpoint())
+        .args(["attach", &id])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    wait_fds_above(monitor, fds, "the watcher's monitor connection").await;
+    // ...then one that types two lines and ends its stdin, which closes the container's.
+    let (code, out, err) =
+        crictl_run(&pod, &["attach", "-i", &id], Some(b"a\nb\n".to_vec())).await?;
+    let (out, err) = (
+        String::from_utf8_lossy(&out).to_string(),
+        String::from_utf8_lossy(&err).to_string(),
+    );
+    assert_eq!(out, "got a\ngot b\nbye\n", "{err}");
+    assert!(err.contains("err a\nerr b\n"), "{err}");
+    assert_crictl_exit(code, err.as_bytes(), 7);
+    let w = tokio::time::timeout(Duration::from_secs(30), watcher.wait_with_output()).await??;
+    assert_eq!(String::from_utf8_lossy(&w.stdout), "got a\ngot b\nbye\n");
+    assert!(String::from_utf8_lossy(&w.stderr).contains("err b\n"));
+    assert_eq!(pod.wait_exited(&id).await?.exit_code, 7);
+    // Still logged.
+    let log = std::fs::read_to_string(pod.log_dir.path().join("web.log"))?;
+    assert!(log.contains(" stdout F got b\n"), "{log}");
+    assert!(log.contains(" stderr F err a\n"), "{log}");
+    pod.teardown().await
+}
+
+#[tokio::test]
+async fn crictl_attach_shares_a_tty_console_and_resizes_it() -> Result<()> {
+    let pod = pod_with_busybox("runc").await?;
+    let mut c = container("web", &["sh"]);
+    (c.tty, c.stdin) = (true, true);
+    let id = pod.run_config(c).await?;
+    // `script` gives crictl a terminal of 101x33, whose size crictl sends on attach.
+    let inner = format!(
+        "stty cols 101 rows 33; {} --runtime-endpoint {} attach -it {id}",
+        crictl().display(),
+        pod.env.daemon.endpoint()
+    );
+    let sh = format!(
+        "(sleep 3; printf 'stty size; tty\\n'; sleep 2; printf 'exit 3\\n'; sleep 5) | script -qefc \"{inner}\" /dev/null"
+    );
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("sh")
+            .args(["-c", &sh])
+            .stdin(std::process::Stdio::null())
+            .output(),
+    )
+    .await??;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("33 101"), "{text:?}");
+    assert!(text.contains("/dev/pts/"), "{text:?}");
+    assert_eq!(pod.wait_exited(&id).await?.exit_code, 3);
+    let log = std::fs::read_to_string(pod.log_dir.path().join("web.log"))?;
+    assert!(log.contains("33 101"), "the console is still logged: {log}");
+    pod.teardown().await
+}
+
+#[tokio::test]
+async fn a_killed_attacher_leaves_nothing_and_the_container_runs_on() -> Result<()> {
+    let pod = pod_with_busybox("runc").await?;
+    let mut c = echo_container();
+    c.stdin_once = false;
+    let id = pod.run_config(c).await?;
+    let (daemon, monitor) = (pod.env.daemon.pid().unwrap(), monitor_pid(&pod));
+    let (mut daemon_fds, mut monitor_fds) = (0, 0);
+    for round in 0..4 {
+        let mut client = tokio::process::Command::new(crictl())
+            .arg("--runtime-endpoint")
+            .arg(pod.env.daemon.endpoint())
+            .args(["attach", "-i", &id])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        // Attached once its input comes back (its stdin stays open: the session lasts).
+        let line = format!("x{round}\n");
+        client
+            .stdin
+            .as_mut()
+            .unwrap()
+            .write_all(line.as_bytes())
+            .await?;
+        let mut got = Vec::new();
+        let mut stdout = client.stdout.take().unwrap();
+        let want = format!("got x{round}\n");
+        while !String::from_utf8_lossy(&got).contains(&want) {
+            let mut b = [0u8; 256];
+            let n = tokio::time::timeout(Duration::from_secs(20), stdout.read(&mut b)).await??;
+            anyhow::ensure!(
+                n > 0,
+                "attach ended early: {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&b[..n]);
+        }
+        client.kill().await?;
+        if round == 0 {
+            // The first round opened criusd's lazily created fds: count from here.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            (daemon_fds, monitor_fds) = (fd_count(daemon), fd_count(monitor));
+            continue;
+        }
+        wait_fds_at_most(monitor, monitor_fds, "the monitor").await;
+        wait_fds_at_most(daemon, daemon_fds, "criusd").await;
+    }
+    assert_eq!(
+        pod.status(&id).await?.state,
+        k8s_cri::v1::ContainerState::ContainerRunning as i32,
+        "the container outlives its attachers"
+    );
+    // The container's stdin stayed open (not stdin_once): it still answers.
+    let r = pod.exec(&id, &["true"], 10).await?;
+    assert_eq!(r.exit_code, 0);
+    pod.teardown().await
+}
+
+#[tokio::test]
+async fn kubectl_attach_over_spdy() -> Result<()> {
+    need_kubectl!();
+    let pod = pod_with_busybox("runc").await?;
+    let id = pod.run_config(echo_container()).await?;
+    let api = ApiStandIn::start(&pod, &id).await?;
+    let (code, out, err) = kubectl_run(
+        &api,
+        &["attach", "-i", POD_NAME],
+        Some(b"one\ntwo\n".to_vec()),
+    )
+    .await?;
+    let err = String::from_utf8_lossy(&err).to_string();
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "got one\ngot two\nbye\n",
+        "{err}"
+    );
+    assert!(err.contains("err one\nerr two\n"), "{err}");
+    assert_eq!(code, 7, "{err}");
+    assert_eq!(pod.wait_exited(&id).await?.exit_code, 7);
+    pod.teardown().await
+}
+
+/// The python Kubernetes client (Debian's python3-kubernetes), which speaks WebSocket
+/// `v4.channel.k8s.io` to the API server, proxied by the stand-in to crius.
+fn python_kubernetes() -> Option<&'static str> {
+    let ok = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", "import kubernetes.stream"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    ok.then_some("/usr/bin/python3")
+}
+
+macro_rules! need_python_kubernetes {
+    () => {
+        if python_kubernetes().is_none() {
+            eprintln!("python3-kubernetes not installed: skipped");
+            return Ok(());
+        }
+    };
+}
+
+const PY_CLIENT: &str = r#"
+import faulthandler, json, sys, time
+faulthandler.dump_traceback_later(60, exit=True)
+from kubernetes.client import ApiClient, Configuration
+from kubernetes.client.api import core_v1_api
+from kubernetes.stream import stream
+
+c = Configuration()
+c.host = sys.argv[1]
+api = core_v1_api.CoreV1Api(ApiClient(c))
+what = sys.argv[2]
+if what == "exec":
+    r = stream(api.connect_get_namespaced_pod_exec, "web", "default",
+               command=["sh", "-c", "echo out; echo err >&2; exit 3"],
+               stdin=False, stdout=True, stderr=True, tty=False, _preload_content=False)
+    r.run_forever(timeout=60)
+    print(json.dumps({"out": r.read_stdout(), "err": r.read_stderr(), "code": r.returncode}))
+elif what == "stdin":
+    r = stream(api.connect_get_namespaced_pod_exec, "web", "default",
+               command=["sh", "-c", "read a; read b; echo \"got $a $b\""],
+               stdin=True, stdout=True, stderr=True, tty=False, _preload_content=False)
+    r.write_stdin("hello\nworld\n")
+    r.run_forever(timeout=60)
+    print(json.dumps({"out": r.read_stdout(), "code": r.returncode}))
+elif what == "portforward":
+    from kubernetes.stream import portforward
+    pf = portforward(api.connect_get_namespaced_pod_portforward, "web", "default", ports="8080")
+    s = pf.socket(8080)
+    s.setblocking(True)
+    s.sendall(b"GET /index.html HTTP/1.0\r\n\r\n")
+    data = b""
+    while True:
+        d = s.recv(4096)
+        if not d:
+            break
+        data += d
+    s.close()
+    print(json.dumps({"out": data.decode(), "error": pf.error(8080)}))
+elif what == "attach":
+    r = stream(api.connect_get_namespaced_pod_attach, "web", "default",
+               stdin=True, stdout=True, stderr=True, tty=False, _preload_content=False)
+    r.write_stdin("one\n")
+    out, err = "", ""
+    deadline = time.time() + 30
+    while ("got one" not in out or "err one" not in err) and time.time() < deadline:
+        r.update(timeout=1)
+        out += r.read_stdout(timeout=0) or ""
+        err += r.read_stderr(timeout=0) or ""
+    r.close()
+    print(json.dumps({"out": out, "err": err}))
+"#;
+
+async fn python_run(api: &ApiStandIn, what: &str) -> Result<serde_json::Value> {
+    let out = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::process::Command::new(python_kubernetes().unwrap())
+            .args(["-c", PY_CLIENT, &format!("http://{}", api.addr), what])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await??;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    anyhow::ensure!(
+        out.status.success(),
+        "python client failed: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_str(text.trim())?)
+}
+
+#[tokio::test]
+async fn python_kubernetes_exec_and_attach_over_websocket() -> Result<()> {
+    need_python_kubernetes!();
+    let pod = pod_with_busybox("runc").await?;
+    let id = pod.run_config(echo_container()).await?;
+    let api = ApiStandIn::start(&pod, &id).await?;
+
+    let r = python_run(&api, "exec").await?;
+    assert_eq!(r["out"], "out\n", "{r}");
+    assert_eq!(r["err"], "err\n", "{r}");
+    assert_eq!(r["code"], 3, "{r}");
+    let r = python_run(&api, "stdin").await?;
+    assert_eq!(r["out"], "got hello world\n", "{r}");
+    assert_eq!(r["code"], 0, "{r}");
+    // Attach: the attacher's line comes back on both streams; when it leaves, the
+    // stdin_once container's stdin is closed and it exits.
+    let r = python_run(&api, "attach").await?;
+    assert!(r["out"].as_str().unwrap().contains("got one\n"), "{r}");
+    assert!(r["err"].as_str().unwrap().contains("err one\n"), "{r}");
+    assert_eq!(pod.wait_exited(&id).await?.exit_code, 7);
+    pod.teardown().await
+}
+
+/// A raw WebSocket session on a crius URL with `protocol`; returns every message received
+/// until the server closed.
+async fn ws_session(
+    url: &str,
+    protocol: &str,
+    send: Vec<tokio_tungstenite::tungstenite::Message>,
+) -> Result<Vec<tokio_tungstenite::tungstenite::Message>> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.replace("http://", "ws://").into_client_request()?;
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", protocol.parse()?);
+    let host = url
+        .strip_prefix("http://")
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(host).await?;
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, tcp).await?;
+    assert_eq!(
+        resp.headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok()),
+        Some(protocol)
+    );
+    for m in send {
+        ws.send(m).await?;
+    }
+    let mut got = Vec::new();
+    while let Some(m) = tokio::time::timeout(Duration::from_secs(30), ws.next()).await? {
+        match m {
+            Ok(m) if m.is_close() => break,
+            Ok(m) => got.push(m),
+            Err(e) => {
+                got.push(tokio_tungstenite::tungstenite::Message::text(format!(
+                    "error: {e}"
+                )));
+                break;
+            }
+        }
+    }
+    Ok(got)
+}
+
+#[tokio::test]
+async fn websocket_base64_and_v5_close_signal() -> Result<()> {
+    use tokio_tungstenite::tungstenite::Message;
+    let pod = pod_with_busybox("runc").await?;
+    let id = pod.run("web", &["sleep", "1000"]).await?;
+    let mut rt = pod.env.daemon.runtime().await?;
+    let exec = |cmd: &[&str], stdin: bool| ExecRequest {
+        container_id: id.clone(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        stdin,
+        stdout: true,
+        stderr: true,
+        tty: false,
+    };
+
+    // v5: stdin ends with the close signal, so `cat` ends and the status says Success.
+    let url = rt.exec(exec(&["cat"], true)).await?.into_inner().url;
+    let got = ws_session(
+        &url,
+        "v5.channel.k8s.io",
+        vec![
+            Message::binary(b"\x00hello ws".to_vec()),
+            Message::binary(vec![255u8, 0]),
+        ],
+    )
+    .await?;
+    let bins: Vec<Vec<u8>> = got
+        .iter()
+        .filter(|m| m.is_binary())
+        .map(|m| m.clone().into_data().to_vec())
+        .collect();
+    let out: Vec<u8> = bins
+        .iter()
+        .filter(|b| b.first() == Some(&1))
+        .flat_map(|b| b[1..].to_vec())
+        .collect();
+    assert_eq!(out, b"hello ws", "{got:?}");
+    let status = bins
+        .iter()
+        .find(|b| b.first() == Some(&3))
+        .expect("a status on the error channel");
+    let v: serde_json::Value = serde_json::from_slice(&status[1..])?;
+    assert_eq!(v["status"], "Success", "{v}");
+
+    // base64: text messages, the channel as a digit.
+    let url = rt
+        .exec(exec(&["sh", "-c", "echo hi; echo oops >&2; exit 2"], false))
+        .await?
+        .into_inner()
+        .url;
+    let got = ws_session(&url, "base64.channel.k8s.io", vec![]).await?;
+    let texts: Vec<String> = got
+        .iter()
+        .filter(|m| m.is_text())
+        .map(|m| m.to_text().unwrap().to_string())
+        .collect();
+    assert!(texts.contains(&"1aGkK".to_string()), "{texts:?}");
+    assert!(texts.contains(&"2b29wcwo=".to_string()), "{texts:?}");
+    use base64::Engine;
+    let status = texts.iter().find(|t| t.starts_with('3')).expect("a status");
+    let status = base64::engine::general_purpose::STANDARD.decode(&status[1..])?;
+    assert!(
+        String::from_utf8_lossy(&status).contains("exit status 2"),
+        "{}",
+        String::from_utf8_lossy(&status)
+    );
+
+    // A message over the size limit ends the session; the process is killed.
+    let url = rt
+        .exec(exec(&["sleep", "4244"], true))
+        .await?
+        .into_inner()
+        .url;
+    let mut big = vec![0u8; 2 << 20];
+    big[0] = 0;
+    // Whatever the client sees (a close or a reset), the session is over.
+    let _ = ws_session(&url, "v4.channel.k8s.io", vec![Message::binary(big)]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !processes_with_cmdline(&["sleep", "4244"]).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the process outlived a hostile client"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A protocol crius does not speak is refused before the upgrade.
+    let url = rt.exec(exec(&["true"], false)).await?.into_inner().url;
+    assert!(ws_session(&url, "v9.channel.k8s.io", vec![]).await.is_err());
+    pod.teardown().await
+}
+
+const HTTPD: &str = "mkdir -p /www && echo hello-from-the-pod > /www/index.html && exec busybox httpd -f -p 8080 -h /www";
+
+#[tokio::test]
+async fn port_forward_over_websocket() -> Result<()> {
+    use tokio_tungstenite::tungstenite::Message;
+    let pod = pod_with_busybox("runc").await?;
+    let id = pod.run("httpd", &["sh", "-c", HTTPD]).await?;
+    // Wait for the server to listen.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while pod
+        .exec(
+            &id,
+            &["sh", "-c", "wget -q -O- http://127.0.0.1:8080/index.html"],
+            5,
+        )
+        .await?
+        .exit_code
+        != 0
+    {
+        assert!(std::time::Instant::now() < deadline, "httpd never listened");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut rt = pod.env.daemon.runtime().await?;
+    // Raw v4 channel framing: each channel opens with its port, then data on channel 0.
+    for round in 0..3 {
+        let url = rt
+            .port_forward(PortForwardRequest {
+                pod_sandbox_id: pod.pod_id.clone(),
+                port: vec![8080],
+            })
+            .await?
+            .into_inner()
+            .url;
+        let mut req = vec![0u8];
+        req.extend_from_slice(b"GET /index.html HTTP/1.0\r\n\r\n");
+        let got = ws_session(
+            &format!("{url}?port=8080"),
+            "v4.channel.k8s.io",
+            vec![Message::binary(req)],
+        )
+        .await?;
+        let bins: Vec<Vec<u8>> = got.iter().map(|m| m.clone().into_data().to_vec()).collect();
+        assert_eq!(bins[0], [0, 0x90, 0x1f], "round {round}: {got:?}");
+        assert_eq!(bins[1], [1, 0x90, 0x1f], "round {round}: {got:?}");
+        let data: Vec<u8> = bins[2..]
+            .iter()
+            .filter(|b| b.first() == Some(&0))
+            .flat_map(|b| b[1..].to_vec())
+            .collect();
+        assert!(
+            String::from_utf8_lossy(&data).contains("hello-from-the-pod"),
+            "{got:?}"
+        );
+    }
+    // A port the RPC did not grant is reported on the error channel.
+    let url = rt
+        .port_forward(PortForwardRequest {
+            pod_sandbox_id: pod.pod_id.clone(),
+            port: vec![8080],
+        })
+        .await?
+        .into_inner()
+        .url;
+    let got = ws_session(&format!("{url}?port=9999"), "v4.channel.k8s.io", vec![]).await?;
+    assert!(
+        got.iter().any(|m| {
+            let d = m.clone().into_data();
+            d.first() == Some(&1) && String::from_utf8_lossy(&d).contains("9999")
+        }),
+        "{got:?}"
+    );
+
+    // The python client through the API-server stand-in.
+    if python_kubernetes().is_some() {
+        let api = ApiStandIn::start(&pod, &id).await?;
+        let r = python_run(&api, "portforward").await?;
+        assert!(
+            r["out"].as_str().unwrap().contains("hello-from-the-pod"),
+            "{r}"
+        );
+    }
+    pod.teardown().await
+}
+
+#[tokio::test]
+async fn criusctl_attach_streams_stdin_and_the_exit_code() -> Result<()> {
+    let ctl = std::path::Path::new(common::CRIUSD).with_file_name("criusctl");
+    assert!(
+        ctl.exists(),
+        "{} not built: cargo build -p criusctl",
+        ctl.display()
+    );
+    let pod = pod_with_busybox("runc").await?;
+    let id = pod.run_config(echo_container()).await?;
+    let mut child = tokio::process::Command::new(&ctl)
+        .arg("--runtime-endpoint")
+        .arg(pod.env.daemon.socket())
+        .args(["attach", "--stdin", &id])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut w = child.stdin.take().unwrap();
+    w.write_all(b"ctl\n").await?;
+    drop(w);
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()).await??;
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "got ctl\nbye\n",
+        "{err}"
+    );
+    assert!(err.contains("err ctl\n"), "{err}");
+    assert_eq!(out.status.code(), Some(7), "{err}");
+    pod.teardown().await
+}
+
+#[tokio::test]
+async fn criusctl_port_forward_to_a_busybox_httpd() -> Result<()> {
+    let ctl = std::path::Path::new(common::CRIUSD).with_file_name("criusctl");
+    let pod = pod_with_busybox("runc").await?;
+    pod.run("httpd", &["sh", "-c", HTTPD]).await?;
+    let local = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let mut fwd = tokio::process::Command::new(&ctl)
+        .arg("--runtime-endpoint")
+        .arg(pod.env.daemon.socket())
+        .args([
+            "port-forward",
+            &pod.pod_id,
+            &format!("{}:8080", local.port()),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match http_get(local).await {
+            Ok(r) if r.contains("hello-from-the-pod") => break,
+            r => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "port-forward never served: {r:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    for i in 0..100 {
+        let r = http_get(local).await?;
+        assert!(r.contains("hello-from-the-pod"), "connection {i}: {r:?}");
+    }
+    let tasks: Vec<_> = (0..20).map(|_| tokio::spawn(http_get(local))).collect();
+    for t in tasks {
+        let r = t.await??;
+        assert!(r.contains("hello-from-the-pod"), "{r:?}");
+    }
+    fwd.kill().await?;
+    pod.teardown().await
+}
+
+/// kubectl >= 1.30's port-forward: SPDY carried in WebSocket binary messages. The SPDY side
+/// here is crius's own client (kubectl 1.20 predates the tunnel).
+#[tokio::test]
+async fn port_forward_through_the_spdy_over_websocket_tunnel() -> Result<()> {
+    use crius_streaming::spdy::Headers;
+    use crius_streaming::spdy::session::Session;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let pod = pod_with_busybox("runc").await?;
+    let id = pod.run("httpd", &["sh", "-c", HTTPD]).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while pod
+        .exec(
+            &id,
+            &["sh", "-c", "wget -q -O- http://127.0.0.1:8080/index.html"],
+            5,
+        )
+        .await?
+        .exit_code
+        != 0
+    {
+        assert!(std::time::Instant::now() < deadline, "httpd never listened");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let url = pod
+        .env
+        .daemon
+        .runtime()
+        .await?
+        .port_forward(PortForwardRequest {
+            pod_sandbox_id: pod.pod_id.clone(),
+            port: vec![8080],
+        })
+        .await?
+        .into_inner()
+        .url;
+    let mut req = url.replace("http://", "ws://").into_client_request()?;
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "SPDY/3.1+portforward.k8s.io".parse()?,
+    );
+    let host = url
+        .strip_prefix("http://")
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(host).await?;
+    let (ws, _) = tokio_tungstenite::client_async(req, tcp).await?;
+    // Bridge the WebSocket to a byte stream for the SPDY session.
+    let (ours, theirs) = tokio::io::duplex(1 << 18);
+    let (mut rd, mut wr) = tokio::io::split(ours);
+    let (mut sink, mut stream) = ws.split();
+    let bridge = tokio::spawn(async move {
+        let up = async {
+            let mut buf = vec![0u8; 1 << 15];
+            while let Ok(n @ 1..) = rd.read(&mut buf).await {
+                if sink.send(Message::binary(buf[..n].to_vec())).await.is_err() {
+                    return;
+                }
+            }
+        };
+        let down = async {
+            while let Some(Ok(Message::Binary(b))) = stream.next().await {
+                if wr.write_all(&b).await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::join!(up, down);
+    });
+    let session = Session::start(theirs)?;
+    for i in 0..3 {
+        let h = |t: &str| {
+            Headers::new()
+                .with("streamType", t)
+                .with("port", "8080")
+                .with("requestID", &i.to_string())
+        };
+        let (_err, _) = session.open(h("error")).await?;
+        let (mut data_r, data_w) = session.open(h("data")).await?;
+        data_w
+            .write(bytes::Bytes::from_static(
+                b"GET /index.html HTTP/1.0\r\n\r\n",
+            ))
+            .await?;
+        let mut got = Vec::new();
+        while let Some(b) = tokio::time::timeout(Duration::from_secs(20), data_r.read()).await? {
+            got.extend_from_slice(&b);
+        }
+        assert!(
+            String::from_utf8_lossy(&got).contains("hello-from-the-pod"),
+            "request {i}: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    session.close().await;
+    bridge.abort();
+    pod.teardown().await
 }

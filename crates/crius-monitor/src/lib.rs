@@ -22,6 +22,7 @@
 //! needs `KillMode=process` (or criusd must move the monitor to another cgroup), otherwise
 //! stopping criusd kills every monitor.
 
+pub mod attach;
 pub mod client;
 pub mod cri_log;
 pub mod exit_file;

@@ -29,6 +29,7 @@
 //! | `create`     | `id bundle runtime root log stdin stdin_once tty exit_dir`                   |
 //! | `start`      | `id`                                                                         |
 //! | `exec`       | `id arg* env* cwd uid gid gids* tty timeout_ms nnp`                          |
+//! | `attach`     | `id stdin stdout stderr` (answered `ok`, then frames: see [`crate::attach`]) |
 //! | `kill`       | `id signal all`                                                              |
 //! | `delete`     | `id force`                                                                   |
 //! | `reopen-log` | `id`                                                                         |
@@ -136,6 +137,13 @@ pub enum Request {
         signal: i32,
         all: bool,
         foreign: Option<ForeignRuntime>,
+    },
+    /// Join the container's stdio; the connection then carries [`crate::attach`] frames.
+    Attach {
+        id: String,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
     },
     Delete {
         id: String,
@@ -544,6 +552,19 @@ impl Request {
                 l.foreign(foreign);
                 l.finish()
             }
+            Request::Attach {
+                id,
+                stdin,
+                stdout,
+                stderr,
+            } => {
+                let mut l = LineBuilder::new(buf, "attach");
+                l.str("id", id)
+                    .flag("stdin", *stdin)
+                    .flag("stdout", *stdout)
+                    .flag("stderr", *stderr);
+                l.finish()
+            }
             Request::Delete { id, force, foreign } => {
                 let mut l = LineBuilder::new(buf, "delete");
                 l.str("id", id).flag("force", *force);
@@ -613,6 +634,12 @@ impl Request {
                 signal: f.num("signal")?,
                 all: f.flag("all"),
                 foreign: f.foreign()?,
+            },
+            b"attach" => Request::Attach {
+                id: f.string("id")?,
+                stdin: f.flag("stdin"),
+                stdout: f.flag("stdout"),
+                stderr: f.flag("stderr"),
             },
             b"delete" => Request::Delete {
                 id: f.string("id")?,
@@ -845,6 +872,12 @@ mod tests {
         });
         roundtrip_req(Request::ReopenLog { id: "x".into() });
         roundtrip_req(Request::State);
+        roundtrip_req(Request::Attach {
+            id: "x".into(),
+            stdin: true,
+            stdout: false,
+            stderr: true,
+        });
         roundtrip_req(Request::Shutdown { force: true });
     }
 

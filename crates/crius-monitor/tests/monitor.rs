@@ -37,6 +37,7 @@ both_runtimes!(
     tty_container,
     create_error_reports_runtime_output,
     exit_when_empty,
+    attach_is_bounded,
 );
 
 fn exec_req(id: &str, argv: &[&str], timeout_ms: u64) -> ExecRequest {
@@ -531,4 +532,96 @@ fn rss_with_three_containers() {
         env.wait_exit(id);
         c.delete(id, false).unwrap();
     }
+}
+
+/// Sends `v1 attach ...` on a new connection; returns it once answered, or the error.
+fn attach_conn(env: &Env, id: &str, stdin: bool) -> Result<UnixStream, String> {
+    use std::io::Read;
+    let mut s = UnixStream::connect(&env.socket).unwrap();
+    s.write_all(
+        &Request::Attach {
+            id: id.into(),
+            stdin,
+            stdout: true,
+            stderr: true,
+        }
+        .encode(),
+    )
+    .unwrap();
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while !line.ends_with(b"\n") {
+        assert_eq!(s.read(&mut b).unwrap(), 1, "monitor closed: {line:?}");
+        line.push(b[0]);
+    }
+    match crius_monitor::Response::decode(&line).unwrap() {
+        crius_monitor::Response::Ok => Ok(s),
+        r => Err(format!("{r:?}")),
+    }
+}
+
+/// Attachers per container are bounded; attachers that do not read are dropped while the
+/// container runs on at full speed, its log complete, and a reading attacher gets it all.
+fn attach_is_bounded(mut env: Env) {
+    use crius_monitor::attach as frame;
+    use std::io::Read;
+    env.start_monitor(&[]);
+    let id = env.new_id("attach");
+    // 20 MB of output once a line arrives on stdin.
+    let script = "read go; i=0; while [ $i -lt 2000 ]; do head -c 9999 /dev/zero | tr '\\0' y; \
+                  echo; i=$((i+1)); done; echo end; exit 4";
+    let bundle = env.bundle(&id, &["sh", "-c", script], false);
+    let log = env.tmp.path().join("attach.log");
+    let mut req = env.create_request(&id, &bundle, Some(&log));
+    req.stdin = true;
+    let mut c = env.client();
+    c.create(&req).unwrap();
+    c.start(&id).unwrap();
+
+    let mut feeder = attach_conn(&env, &id, true).unwrap();
+    let idle: Vec<UnixStream> = (1..16)
+        .map(|_| attach_conn(&env, &id, false).unwrap())
+        .collect();
+    let refused = attach_conn(&env, &id, false).unwrap_err();
+    assert!(refused.contains("16 attachers"), "{refused}");
+
+    let mut f = Vec::new();
+    frame::encode(&mut f, frame::STDIN, b"go\n");
+    feeder.write_all(&f).unwrap();
+    feeder
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let (mut out, mut exit) = (0usize, None);
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    while exit.is_none() {
+        let n = feeder.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed before the exit frame");
+        buf.extend_from_slice(&chunk[..n]);
+        let mut used = 0;
+        while let Some((kind, p, n)) = frame::decode(&buf[used..]).unwrap() {
+            match kind {
+                frame::STDOUT => out += p.len(),
+                frame::EXIT => exit = Some(i32::from_be_bytes(p.try_into().unwrap())),
+                _ => {}
+            }
+            used += n;
+        }
+        buf.drain(..used);
+    }
+    assert_eq!(exit, Some(4));
+    assert_eq!(out, 2000 * 10000 + 4);
+    assert_eq!(env.wait_exit(&id).exit_code, 4);
+    assert!(wait_until(Duration::from_secs(5), || read_log(&log)
+        .iter()
+        .any(|l| l.2 == b"end")));
+    // The idle attachers were dropped (or ended) without holding anything up: each reads to
+    // EOF having received far less than the whole output.
+    for mut s in idle {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).unwrap();
+        assert!(all.len() < 12 * 1024 * 1024, "{} bytes", all.len());
+    }
+    c.delete(&id, false).unwrap();
 }

@@ -1,5 +1,6 @@
 //! The runtime side of the streaming server: what runs once a client's upgrade is accepted.
 
+mod attach;
 mod exec;
 mod port_forward;
 mod tty;
@@ -36,13 +37,8 @@ impl Backend for RuntimeBackend {
         Box::pin(exec::run(self.ctx.containers.clone(), params, io))
     }
 
-    fn attach(&self, params: AttachParams, _io: ExecIo) -> BoxFuture<ExitStatus> {
-        Box::pin(async move {
-            ExitStatus::Error(format!(
-                "attach to container {} is not implemented by crius yet",
-                params.container_id
-            ))
-        })
+    fn attach(&self, params: AttachParams, io: ExecIo) -> BoxFuture<ExitStatus> {
+        Box::pin(attach::run(self.ctx.containers.clone(), params, io))
     }
 
     fn port_forward(

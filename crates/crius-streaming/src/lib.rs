@@ -17,6 +17,7 @@ mod server;
 pub mod spdy;
 pub mod tokens;
 mod upgrade;
+pub mod websocket;
 
 pub use backend::{Backend, ExecIo, ExitStatus, TermSize};
 pub use error::StreamingError;

@@ -90,10 +90,14 @@ pub enum Command {
     Logs(LogsArgs),
     /// Run a command in a running container
     ///
-    /// Only the synchronous form (ExecSync) is supported: streaming Exec is not implemented,
-    /// so there is no -i/-t and the output is shown once the command has finished. The global
-    /// --timeout is the command's timeout (0 or unset: none).
+    /// Without --interactive or -t this is ExecSync: the output is shown once the command
+    /// has finished, and the global --timeout is the command's timeout (0 or unset: none).
+    /// With them it is the streaming Exec (SPDY, `v4.channel.k8s.io`).
     Exec(ExecArgs),
+    /// Attach to a running container's stdio (its output, and with --stdin its input)
+    Attach(AttachArgs),
+    /// Forward local ports to ports in a pod until interrupted
+    PortForward(PortForwardArgs),
     /// Run a new pod sandbox and a container in it (runp, pull, create, start)
     Run(RunArgs),
     /// Update the resources of a running container
@@ -397,6 +401,27 @@ pub struct ExecArgs {
     /// Command and its arguments
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// Send stdin to the container (long form only: -i is the global --image-endpoint)
+    #[arg(long)]
+    pub stdin: bool,
+    /// The container has a terminal: raw mode, and the terminal's size sent
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Container id
+    pub container: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PortForwardArgs {
+    /// Pod sandbox id
+    pub pod: String,
+    /// [LOCAL:]REMOTE port pairs (LOCAL empty or 0: a free port)
+    #[arg(required = true)]
+    pub ports: Vec<String>,
 }
 
 #[derive(Debug, Args)]

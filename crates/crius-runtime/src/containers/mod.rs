@@ -33,6 +33,7 @@ use crate::records::{RecordLocks, Save};
 use crate::rollback::Rollback;
 use crate::rootfs;
 
+mod attach;
 mod cgroups;
 mod create;
 mod exec;

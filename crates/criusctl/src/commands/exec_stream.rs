@@ -27,7 +27,12 @@ pub async fn run(ctx: &Context, args: &ExecArgs) -> Result<()> {
     ctx.trace("ExecRequest", &request);
     let url = ctx.runtime().await?.exec(request).await?.into_inner().url;
     ctx.trace("ExecResponse", &url);
-    let (session, protocol) = crius_streaming::client::connect(&url, &["v4.channel.k8s.io"])
+    session(&url, args.interactive, args.tty).await
+}
+
+/// Runs a remote-command session (exec or attach) on `url` with the local stdio.
+pub async fn session(url: &str, interactive: bool, tty: bool) -> Result<()> {
+    let (session, protocol) = crius_streaming::client::connect(url, &["v4.channel.k8s.io"])
         .await
         .with_context(|| format!("connecting to {url}"))?;
     if protocol != "v4.channel.k8s.io" {
@@ -35,24 +40,24 @@ pub async fn run(ctx: &Context, args: &ExecArgs) -> Result<()> {
     }
     let open = |t: &str| session.open(Headers::new().with("streamType", t));
     let (mut error, _) = open("error").await?;
-    let stdin = if args.interactive {
+    let stdin = if interactive {
         Some(open("stdin").await?.1)
     } else {
         None
     };
     let (mut stdout, _) = open("stdout").await?;
-    let stderr = if args.tty {
+    let stderr = if tty {
         None
     } else {
         Some(open("stderr").await?.0)
     };
-    let resize = if args.tty {
+    let resize = if tty {
         Some(open("resize").await?.1)
     } else {
         None
     };
     // Raw mode for the session's length, restored on every way out.
-    let _raw = if args.tty { RawMode::enter() } else { None };
+    let _raw = if tty { RawMode::enter() } else { None };
     if let Some(r) = resize {
         tokio::spawn(async move {
             let Ok(mut winch) =

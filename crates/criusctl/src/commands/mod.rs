@@ -2,6 +2,7 @@
 //! (runp, pods, create, ps, logs, exec, …), each with its own file; `kind` holds the RPCs
 //! that containers and pod sandboxes have in parallel, for the commands alike over both.
 
+mod attach;
 mod create;
 mod events;
 mod exec;
@@ -15,6 +16,7 @@ mod inspectp;
 mod kind;
 mod logs;
 mod pods;
+mod port_forward;
 mod ps;
 mod pull;
 mod rm;
@@ -76,6 +78,8 @@ fn deadline(global: Option<Duration>, command: &Command) -> Duration {
         Command::Logs(args) if args.follow => global.unwrap_or(Duration::ZERO),
         Command::Stats(args) if args.watch => global.unwrap_or(Duration::ZERO),
         Command::Events(_) => global.unwrap_or(Duration::ZERO),
+        // An attach lasts as long as the container or the user wants.
+        Command::Attach(_) | Command::PortForward(_) => global.unwrap_or(Duration::ZERO),
         // exec's --timeout is the command's own timeout: give the RPC room beyond it.
         Command::Exec(_) => match global {
             Some(t) if !t.is_zero() => t + DEFAULT_TIMEOUT,
@@ -115,6 +119,8 @@ async fn dispatch(ctx: &Context, command: &Command, global: Option<Duration>) ->
         Command::Inspect(args) => inspect::run(ctx, args).await,
         Command::Logs(args) => logs::run(ctx, args).await,
         Command::Exec(args) => exec::run(ctx, args, global).await,
+        Command::Attach(args) => attach::run(ctx, args).await,
+        Command::PortForward(args) => port_forward::run(ctx, args).await,
         Command::Run(args) => run::run(ctx, args).await,
         Command::Update(args) => update::run(ctx, args).await,
         Command::Stats(args) => stats::run(ctx, args).await,

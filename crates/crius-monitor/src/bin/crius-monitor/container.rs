@@ -23,9 +23,15 @@ pub struct Container {
     pub log: LogFile,
     pub stdout: Option<OutputPipe>,
     pub stderr: Option<OutputPipe>,
-    /// Write end of the container's stdin, held open so the container does not see EOF
-    /// (attach is not implemented yet; with a tty this is `None` and the master is `stdout`).
+    /// Write end of the container's stdin, held open so the container does not see EOF until
+    /// a `stdin_once` attacher's stdin ends (with a tty this is `None`: the master is `stdout`).
     pub stdin: Option<OwnedFd>,
+    pub tty: bool,
+    pub stdin_once: bool,
+    /// Attachers' input not yet taken by the container (bounded: see `attach.rs`).
+    pub stdin_buf: Vec<u8>,
+    /// Close `stdin` once `stdin_buf` is written (a `stdin_once` attacher's stdin ended).
+    pub stdin_close_pending: bool,
     /// The OOM kill counter of the container's memory cgroup, read once it was created.
     pub oom: Option<OomCounter>,
 }

@@ -114,6 +114,12 @@ impl Monitor {
                 self.runtime_job(&id, None, conn, JobKind::Update, &args)
             }
             Request::ReopenLog { id } => Err(self.reopen_log(&id)),
+            Request::Attach {
+                id,
+                stdin,
+                stdout,
+                stderr,
+            } => Err(self.attach(conn, &id, stdin, stdout, stderr)),
             Request::State => Err(Response::State(
                 self.containers.iter().map(Container::state).collect(),
             )),
@@ -170,6 +176,10 @@ impl Monitor {
             stdout: None,
             stderr: None,
             stdin: None,
+            tty: req.tty,
+            stdin_once: req.stdin_once,
+            stdin_buf: Vec::new(),
+            stdin_close_pending: false,
             oom: None,
         };
         let pid_file = req.bundle.join("pid");
@@ -458,6 +468,7 @@ impl Monitor {
                 if ok {
                     if let Some(i) = self.find(&id) {
                         self.pump_container(i, true);
+                        self.end_attachers(&id, None);
                         self.containers.swap_remove(i);
                     }
                     Response::Ok

@@ -93,7 +93,8 @@ impl OutputPipe {
         })
     }
 
-    /// Reads what is available (`drain`: what the pipe buffer holds) and writes the records.
+    /// Reads what is available (`drain`: what the pipe buffer holds) and writes the records;
+    /// `tee` sees every chunk read (the attachers' copy).
     /// Returns true at end of stream, after flushing an unterminated line.
     pub fn pump(
         &mut self,
@@ -101,6 +102,7 @@ impl OutputPipe {
         buf: &mut [u8],
         scratch: &mut Vec<u8>,
         drain: bool,
+        tee: &mut dyn FnMut(Stream, &[u8]),
     ) -> bool {
         let max = if drain {
             MAX_READS_DRAIN
@@ -116,6 +118,7 @@ impl OutputPipe {
             let eof = match sys::read(self.fd.as_fd(), buf) {
                 Ok(0) => true,
                 Ok(n) => {
+                    tee(self.stream, &buf[..n]);
                     self.records(&buf[..n], log, scratch);
                     false
                 }

@@ -5,6 +5,7 @@
 //! recorder of their exit codes; serves criusd over a Unix socket (see
 //! `crius_monitor::protocol`). Single-threaded and allocation-light to stay under 1 MiB RSS.
 
+mod attach;
 mod container;
 mod handlers;
 mod jobs;

@@ -20,11 +20,17 @@ const READ_BUF: usize = 32 * 1024;
 
 pub struct Conn {
     pub id: u64,
-    stream: UnixStream,
-    rbuf: Vec<u8>,
-    wbuf: Vec<u8>,
+    pub stream: UnixStream,
+    pub rbuf: Vec<u8>,
+    pub wbuf: Vec<u8>,
     /// A request of this connection is being served by a job.
     pub busy: bool,
+    /// The connection attached to a container's stdio (it carries frames, no more lines).
+    pub attach: Option<crate::attach::Attacher>,
+    /// Close once `wbuf` is sent (an attached container exited).
+    pub closing: bool,
+    /// Close at the next sweep (broken, hostile, or an attacher too slow to keep up).
+    pub dead: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -35,6 +41,7 @@ enum Source {
     Output(RawFd),
     Capture(RawFd),
     Console(i32),
+    Stdin(RawFd),
 }
 
 pub struct Options {
@@ -100,6 +107,7 @@ impl Monitor {
                 }
             }
             self.expire_jobs();
+            self.sweep_conns();
         }
         // Best effort: answer whoever is still waiting (e.g. the shutdown request itself).
         for c in &mut self.conns {
@@ -160,8 +168,19 @@ impl Monitor {
                 add(l.as_raw_fd(), libc::POLLIN, Source::Console(j.pid));
             }
         }
+        for c in &self.containers {
+            if !c.stdin_buf.is_empty()
+                && let Some(fd) = crate::attach::stdin_fd(c)
+            {
+                add(fd.as_raw_fd(), libc::POLLOUT, Source::Stdin(fd.as_raw_fd()));
+            }
+        }
         for c in &self.conns {
             let mut ev = libc::POLLIN;
+            // An attacher's input waits while the container does not take it (bounded).
+            if c.attach.is_some() && (c.closing || c.rbuf.len() >= crate::attach::MAX_RBUF) {
+                ev = 0;
+            }
             if !c.wbuf.is_empty() {
                 ev |= libc::POLLOUT;
             }
@@ -202,6 +221,7 @@ impl Monitor {
                 }
             }
             Source::Console(pid) => self.on_console(pid),
+            Source::Stdin(fd) => self.on_stdin_writable(fd),
         }
     }
 
@@ -219,6 +239,9 @@ impl Monitor {
                         rbuf: Vec::new(),
                         wbuf: Vec::new(),
                         busy: false,
+                        attach: None,
+                        closing: false,
+                        dead: false,
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -254,6 +277,8 @@ impl Monitor {
             // Log what the container wrote before dying ahead of recording the exit.
             self.pump_container(i, true);
             self.containers[i].record_exit(code, at);
+            let id = self.containers[i].id.clone();
+            self.end_attachers(&id, Some(code));
             return;
         }
         // An orphan re-parented to us (subreaper), or a container init we have not
@@ -275,9 +300,12 @@ impl Monitor {
     /// Drains a container's output pipes; closes those at EOF.
     pub fn pump_container(&mut self, i: usize, all: bool) {
         let c = &mut self.containers[i];
+        let conns = &mut self.conns;
+        let id = &c.id;
+        let mut tee = |stream, data: &[u8]| crate::attach::fan_out(conns, id, stream, data);
         for p in [&mut c.stdout, &mut c.stderr] {
             if let Some(pipe) = p
-                && pipe.pump(&mut c.log, &mut self.buf, &mut self.scratch, all)
+                && pipe.pump(&mut c.log, &mut self.buf, &mut self.scratch, all, &mut tee)
             {
                 *p = None;
             }
@@ -305,8 +333,26 @@ impl Monitor {
             return;
         }
         let c = &mut self.conns[i];
+        if c.attach.is_some() && (c.closing || c.rbuf.len() >= crate::attach::MAX_RBUF) {
+            // Not reading (see poll_set); a hangup still ends the attacher.
+            if revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+                c.dead = true;
+            }
+            return;
+        }
         loop {
+            if c.attach.is_some() && c.rbuf.len() >= crate::attach::MAX_RBUF {
+                break;
+            }
             match c.stream.read(&mut self.buf) {
+                Ok(0) if c.attach.is_some() => {
+                    // What the attacher sent before leaving still goes to the container.
+                    self.process_frames(id, true);
+                    if let Some(c) = self.conns.iter_mut().find(|c| c.id == id) {
+                        c.dead = true;
+                    }
+                    return;
+                }
                 Ok(0) => {
                     // Client gone (closed or killed). A job it started still completes, but
                     // an exec nobody waits for any more is killed (ExecSync cancelled).
@@ -323,6 +369,10 @@ impl Monitor {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) if c.attach.is_some() => {
+                    c.dead = true;
+                    return;
+                }
                 Err(_) => {
                     self.conns.swap_remove(i);
                     self.cancel_execs_of(id);
@@ -330,7 +380,11 @@ impl Monitor {
                 }
             }
         }
-        self.process_lines(id);
+        if self.conns[i].attach.is_some() {
+            self.process_frames(id, false);
+        } else {
+            self.process_lines(id);
+        }
     }
 
     /// Kills the exec jobs connection `id` started; each still completes as a job.
@@ -360,7 +414,14 @@ impl Monitor {
             };
             let line: Vec<u8> = c.rbuf.drain(..=nl).collect();
             match self.handle_line(&line, id) {
-                Some(resp) => self.respond(id, &resp),
+                Some(resp) => {
+                    self.respond(id, &resp);
+                    if self.conns.iter().any(|c| c.id == id && c.attach.is_some()) {
+                        // The rest of the connection is frames.
+                        self.process_frames(id, false);
+                        return;
+                    }
+                }
                 None => {
                     if let Some(c) = self.conns.iter_mut().find(|c| c.id == id) {
                         c.busy = true;
@@ -391,6 +452,12 @@ impl Monitor {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(_) if c.attach.is_some() => {
+                    // Removed by the sweep, which also ends the attacher's stdin.
+                    c.dead = true;
+                    c.wbuf.clear();
+                    return false;
+                }
                 Err(_) => {
                     self.conns.swap_remove(i);
                     return false;

@@ -1,0 +1,33 @@
+//! What a streaming attach needs: a connection to the monitor that owns the container's
+//! stdio. The session itself (the `attach` request and its frames) is criusd's.
+
+use std::os::unix::net::UnixStream;
+
+use super::{ContainerManager, ContainerState};
+use crate::error::{RuntimeError, io_err};
+
+impl ContainerManager {
+    /// A fresh connection to the monitor of running container `id`; returns the container's
+    /// full id, its pod's id and the connection.
+    pub fn attach_connection(
+        &self,
+        id: &str,
+    ) -> Result<(String, String, UnixStream), RuntimeError> {
+        let c = self.refresh(&self.get(id)?.id)?;
+        if c.state != ContainerState::Running {
+            return Err(RuntimeError::WrongState {
+                id: c.id.clone(),
+                state: format!("{:?}", c.state),
+                wanted: "Running",
+            });
+        }
+        let pod = self.pods.get(&c.pod_id)?;
+        let socket = self.monitor_socket(&pod);
+        // No timeout: the session lasts as long as the client stays attached.
+        let stream = self
+            .monitor_unbounded(&pod)?
+            .cancel_handle()
+            .map_err(io_err("connecting to the pod monitor", socket))?;
+        Ok((c.id, c.pod_id, stream))
+    }
+}
