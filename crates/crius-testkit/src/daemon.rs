@@ -106,7 +106,7 @@ impl Daemon {
             .tempdir()?;
         std::fs::create_dir_all(dir.path().join("root"))?;
         std::fs::create_dir_all(dir.path().join(&opts.state_name))?;
-        let config = with_test_network(dir.path(), &opts.config_toml)?;
+        let config = with_test_network(dir.path(), &with_test_cgroup_driver(&opts.config_toml))?;
         std::fs::write(dir.path().join("config.toml"), config)?;
         let mut d = Daemon {
             opts,
@@ -307,6 +307,18 @@ impl Daemon {
 /// A daemon under test must never read or write the host's /etc/cni/net.d: unless the test's
 /// config has a `[network]` table of its own, pods get a loopback-only network from a conf
 /// dir inside the daemon's temp dir (Debian's reference `loopback` plugin).
+/// The VM stage (hack/test-vm.sh) runs the same tests under each cgroup driver: it names the
+/// driver in `CRIUS_TEST_CGROUP_DRIVER`, and every daemon whose test did not choose one gets it.
+fn with_test_cgroup_driver(config: &str) -> String {
+    match std::env::var("CRIUS_TEST_CGROUP_DRIVER") {
+        Ok(driver) if !driver.is_empty() && !config.contains("cgroup_driver") => {
+            // A top-level key: it must come before the config's first table.
+            format!("cgroup_driver = \"{driver}\"\n{config}")
+        }
+        _ => config.to_string(),
+    }
+}
+
 fn with_test_network(dir: &Path, config: &str) -> Result<String> {
     if config.contains("[network]") {
         return Ok(config.to_string());

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs inside the VM (as the crius-vm-tests.service oneshot, systemd is PID 1). Reads the job the
+# host wrote into the results share, runs each test binary and writes its output, a summary and
+# the overall exit status back into the share. The unit powers the VM off when this ends.
+set -uo pipefail
+out=/crius-vm/out
+# shellcheck source=/dev/null
+source "$out/job.env"
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root TMPDIR=/tmp RUST_BACKTRACE=1
+export CRIUS_TEST_CGROUP_DRIVER
+export CARGO_MANIFEST_DIR=$REPO
+
+{
+  echo "kernel: $(uname -r)"
+  echo "pid1: $(cat /proc/1/comm)"
+  echo "cgroup fs: $(stat -fc %T /sys/fs/cgroup)"
+  [[ -e /sys/fs/cgroup/unified ]] && echo "hybrid: /sys/fs/cgroup/unified present"
+  echo "controllers: $(cat /sys/fs/cgroup/cgroup.controllers 2>/dev/null || ls /sys/fs/cgroup | tr '\n' ' ')"
+  echo "systemd: $(systemctl --version | head -1)"
+  echo "system state: $(systemctl is-system-running 2>&1)"
+  echo "cgroup driver for criusd: ${CRIUS_TEST_CGROUP_DRIVER}"
+} >"$out/env.txt" 2>&1
+
+rc=0
+: >"$out/summary.txt"
+cd "$REPO" || exit 1
+# job.tests: one line per binary: NAME PATH [FILTER ARGS...]
+while read -r name bin args; do
+  [[ -z $name || $name == \#* ]] && continue
+  start=$(date +%s)
+  # shellcheck disable=SC2086
+  timeout --kill-after=10 "$PER_BINARY_TIMEOUT" "$bin" --test-threads="$TEST_THREADS" $args \
+    >"$out/$name.log" 2>&1 </dev/null
+  r=$?
+  echo "$name exit=$r seconds=$(($(date +%s) - start))" >>"$out/summary.txt"
+  ((r == 0)) || rc=1
+done <"$out/job.tests"
+echo "$rc" >"$out/rc"
+sync
+exit 0
