@@ -64,15 +64,15 @@ done
 # The tests each stage runs: "NAME FILTER ARGS" (empty filter: the whole binary).
 # short: the cgroup-touching tests that matter most, kept small for CI's time budget.
 short_tests_a=(
-  "stats"
+  "stats --test-threads=1"
   "containers"
 )
 short_tests_bc=(
-  "stats"
+  "stats --test-threads=1"
   "containers"
 )
 long_tests=(
-  "stats"
+  "stats --test-threads=1"
   "containers"
   "pods"
   "container_config"

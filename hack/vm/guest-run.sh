@@ -29,8 +29,10 @@ cd "$REPO" || exit 1
 while read -r name bin args; do
   [[ -z $name || $name == \#* ]] && continue
   start=$(date +%s)
+  threads=(--test-threads="$TEST_THREADS")
+  [[ $args == *--test-threads* ]] && threads=()
   # shellcheck disable=SC2086
-  timeout --kill-after=10 "$PER_BINARY_TIMEOUT" "$bin" --test-threads="$TEST_THREADS" $args \
+  timeout --kill-after=10 "$PER_BINARY_TIMEOUT" "$bin" "${threads[@]}" $args \
     >"$out/$name.log" 2>&1 </dev/null
   r=$?
   echo "$name exit=$r seconds=$(($(date +%s) - start))" >>"$out/summary.txt"
