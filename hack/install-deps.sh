@@ -22,6 +22,8 @@ packages=(
   libprotobuf-dev      # etcd-client build.rs: google/protobuf/*.proto well-known types
   iperf3               # hack/bench-overlay.sh
   curl                 # tests/streaming.rs: the streaming server over TLS
+  qemu-system-x86      # hack/test-vm.sh: cgroup v2 and systemd as PID 1 in a VM
+  linux-image-amd64    # hack/test-vm.sh: the VM's kernel and its 9p/overlay modules
 )
 
 if [[ $(id -u) -ne 0 ]]; then
