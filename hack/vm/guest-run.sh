@@ -38,6 +38,8 @@ while read -r name bin args; do
   echo "$name exit=$r seconds=$(($(date +%s) - start))" >>"$out/summary.txt"
   ((r == 0)) || rc=1
 done <"$out/job.tests"
+# The kernel's view (OOM kills, hung tasks) for failures that the test output cannot explain.
+dmesg >"$out/dmesg.txt" 2>&1
 echo "$rc" >"$out/rc"
 sync
 exit 0
