@@ -202,6 +202,9 @@ run_stage() {
       grep -vE ' ok$' | sed 's/^/  /' || true
   done
   [[ -f $out/summary.txt ]] && sed 's/^/  /' "$out/summary.txt"
+  if grep -q RETRIED "$out/summary.txt" 2>/dev/null; then
+    echo "stage $name: NOTE: some tests failed on the first try (see RETRIED above)"
+  fi
   local rc
   rc=$(cat "$out/rc" 2>/dev/null || echo missing)
   if ((timed_out)) || [[ $rc != 0 ]]; then

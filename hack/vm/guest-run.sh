@@ -41,7 +41,8 @@ while read -r name bin args; do
     # sometimes expire: the failed tests run once more, alone; the first output is kept and
     # the retry is reported, so a test that only passes on retry is visible.
     mv "$out/$name.log" "$out/$name.log.first-try"
-    failed_tests=$(sed -n 's/^test \(.*\) \.\.\. FAILED$/\1/p' "$out/$name.log.first-try")
+    failed_tests=$(sed -n 's/^test \(.*\) \.\.\. FAILED$/\1/p' "$out/$name.log.first-try" | tr '\n' ' ')
+    failed_tests=${failed_tests% }
     retry_args=(--test-threads=1 --exact)
     if [[ -z $failed_tests ]]; then
       # Crashed or timed out before naming a failure: the whole binary again.
