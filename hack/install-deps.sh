@@ -24,6 +24,8 @@ packages=(
   curl                 # tests/streaming.rs: the streaming server over TLS
   python3-prometheus-client  # tests/metrics.rs: an independent parser of /metrics
   python3-kubernetes   # tests/streaming.rs: a WebSocket (v4.channel.k8s.io) exec/attach client
+  qemu-system-x86      # hack/test-vm.sh: cgroup v2 and systemd as PID 1 in a VM
+  linux-image-amd64    # hack/test-vm.sh: the VM's kernel and its 9p/overlay modules
 )
 
 if [[ $(id -u) -ne 0 ]]; then

@@ -106,7 +106,7 @@ impl Daemon {
             .tempdir()?;
         std::fs::create_dir_all(dir.path().join("root"))?;
         std::fs::create_dir_all(dir.path().join(&opts.state_name))?;
-        let config = with_test_network(dir.path(), &opts.config_toml)?;
+        let config = with_test_network(dir.path(), &with_test_cgroup_driver(&opts.config_toml))?;
         std::fs::write(dir.path().join("config.toml"), config)?;
         let mut d = Daemon {
             opts,
@@ -304,6 +304,25 @@ impl Daemon {
     }
 }
 
+/// The VM stage (hack/test-vm.sh) runs the same tests under each cgroup driver: it names the
+/// driver in `CRIUS_TEST_CGROUP_DRIVER`, and every daemon whose test did not choose one gets it.
+fn with_test_cgroup_driver(config: &str) -> String {
+    with_cgroup_driver(
+        config,
+        std::env::var("CRIUS_TEST_CGROUP_DRIVER").ok().as_deref(),
+    )
+}
+
+fn with_cgroup_driver(config: &str, driver: Option<&str>) -> String {
+    match driver {
+        Some(driver) if !driver.is_empty() && !config.contains("cgroup_driver") => {
+            // A top-level key: it must come before the config's first table.
+            format!("cgroup_driver = \"{driver}\"\n{config}")
+        }
+        _ => config.to_string(),
+    }
+}
+
 /// A daemon under test must never read or write the host's /etc/cni/net.d: unless the test's
 /// config has a `[network]` table of its own, pods get a loopback-only network from a conf
 /// dir inside the daemon's temp dir (Debian's reference `loopback` plugin).
@@ -348,5 +367,22 @@ impl Drop for Daemon {
         if let Err(e) = dir.close() {
             eprintln!("crius-testkit: removing daemon dir: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_cgroup_driver;
+
+    #[test]
+    fn cgroup_driver_goes_before_the_first_table_unless_the_test_chose_one() {
+        let cfg = "[image]\npull_progress_timeout = \"5s\"\n";
+        let out = with_cgroup_driver(cfg, Some("systemd"));
+        assert_eq!(out, format!("cgroup_driver = \"systemd\"\n{cfg}"));
+
+        let chosen = "cgroup_driver = \"cgroupfs\"\n";
+        assert_eq!(with_cgroup_driver(chosen, Some("systemd")), chosen);
+        assert_eq!(with_cgroup_driver(cfg, None), cfg);
+        assert_eq!(with_cgroup_driver(cfg, Some("")), cfg);
     }
 }
