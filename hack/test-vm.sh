@@ -69,14 +69,17 @@ done
 # The tests each stage runs: "NAME FILTER ARGS" (empty filter: the whole binary).
 # short: the cgroup-touching tests that matter most, kept small for CI's time budget.
 short_tests_a=(
+  "cgroups --test-threads=1"
   "stats --test-threads=1"
   "containers"
 )
 short_tests_bc=(
+  "cgroups --test-threads=1"
   "stats --test-threads=1"
   "containers"
 )
 long_tests=(
+  "cgroups --test-threads=1"
   "stats --test-threads=1"
   "containers"
   "pods"
@@ -92,10 +95,10 @@ declare -A test_bin
 while IFS=$'\t' read -r name path; do
   test_bin[$name]=$path
 done < <(nice -n 10 cargo test -p criusd --no-run --message-format=json \
-  --test stats --test containers --test pods --test container_config </dev/null |
+  --test cgroups --test stats --test containers --test pods --test container_config </dev/null |
   jq -r 'select(.reason == "compiler-artifact" and .executable != null and
     (.target.kind | index("test"))) | [.target.name, .executable] | @tsv')
-for t in stats containers pods container_config; do
+for t in cgroups stats containers pods container_config; do
   [[ -x ${test_bin[$t]:-} ]] || die "test binary for tests/$t.rs not found (cargo test --no-run failed?)"
 done
 
@@ -147,6 +150,8 @@ run_stage() {
   {
     echo "REPO=$repo"
     echo "CRIUS_TEST_CGROUP_DRIVER=$driver"
+    # tests/cgroups.rs runs its systemd variants only when asked to (systemd is PID 1 here).
+    [[ $driver == systemd ]] && echo "CRIUS_TEST_SYSTEMD=1"
     echo "TEST_THREADS=2"
     echo "PER_BINARY_TIMEOUT=$((stage_timeout - 60))"
     echo "RETRY_FAILED=${VM_RETRY:-1}"

@@ -9,6 +9,7 @@ source "$out/job.env"
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root TMPDIR=/tmp RUST_BACKTRACE=1
 export CRIUS_TEST_CGROUP_DRIVER
+[[ -n ${CRIUS_TEST_SYSTEMD:-} ]] && export CRIUS_TEST_SYSTEMD
 export CARGO_MANIFEST_DIR=$REPO
 
 {
