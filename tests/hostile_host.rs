@@ -666,8 +666,11 @@ async fn the_pods_pid_1_is_no_door_to_the_host() -> Result<()> {
                 std::fs::read_to_string(format!("/proc/{pid}/comm"))
                     .is_ok_and(|c| c.trim() == "crius-init")
                     && std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| {
-                        c.lines()
-                            .any(|l| l.ends_with(&format!(":memory:/{parent}")))
+                        // The pod's cgroup or the leaf of its own processes below it.
+                        c.lines().any(|l| {
+                            l.ends_with(&format!(":memory:/{parent}"))
+                                || l.contains(&format!(":memory:/{parent}/"))
+                        })
                     })
             })
             .collect();

@@ -56,12 +56,14 @@ impl ErrorKind {
         }
     }
 
-    /// The kind for an I/O error on a path of crius's own (state, records, layers): only
-    /// running out of space or time means something to the caller; anything else is
-    /// Internal (a missing state file is not the client's NotFound).
+    /// The kind for an I/O error on a path of crius's own (state, records, layers): running
+    /// out of space or time, and a name already taken (an id pinned twice), mean something to
+    /// the caller; anything else is Internal (a missing state file is not the client's
+    /// NotFound).
     pub fn from_internal_io(err: &std::io::Error) -> ErrorKind {
         use std::io::ErrorKind as Io;
         match err.kind() {
+            Io::AlreadyExists => ErrorKind::AlreadyExists,
             Io::TimedOut => ErrorKind::DeadlineExceeded,
             Io::StorageFull | Io::QuotaExceeded => ErrorKind::ResourceExhausted,
             _ => ErrorKind::Internal,

@@ -214,6 +214,10 @@ pub struct Session {
     writer: Option<tokio::task::JoinHandle<()>>,
     /// Becomes true when the peer's side of the connection ends.
     gone: tokio::sync::watch::Receiver<bool>,
+    /// Held from taking a stream id to queueing its SYN_STREAM: ids must reach the wire in
+    /// increasing order, which concurrent opens would otherwise break (a peer refuses a
+    /// stream whose id is below one it has seen).
+    opening: tokio::sync::Mutex<()>,
 }
 
 impl Session {
@@ -268,12 +272,14 @@ impl Session {
             stop_reader: Some(stop_tx),
             writer: Some(writer),
             gone: gone_rx,
+            opening: tokio::sync::Mutex::new(()),
         })
     }
 
     /// Opens a stream (the client's side of a session: odd ids, which a server-side session
     /// never uses since only the client opens streams in the kubelet's protocols).
     pub async fn open(&self, headers: Headers) -> Result<(StreamReader, StreamWriter), SpdyError> {
+        let _in_order = self.opening.lock().await;
         let stream_id = self.shared.next_id.fetch_add(2, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         let budget = Arc::new(Semaphore::new(STREAM_BUFFER));

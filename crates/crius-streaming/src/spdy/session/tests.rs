@@ -282,3 +282,32 @@ async fn closed_streams_free_their_slot() {
     }
     assert!(session.shared.streams().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_opens_reach_the_peer_in_stream_id_order() {
+    // Port-forward clients open two streams per local connection from many tasks at once;
+    // the peer refuses (as a protocol error) any SYN_STREAM whose id is below one it saw.
+    // A tiny pipe keeps the writer (and so every open) waiting, which is when opens used to
+    // overtake each other.
+    let (a, b) = tokio::io::duplex(64);
+    let client = Arc::new(Session::start(a).unwrap());
+    let mut server = Session::start(b).unwrap();
+    let opens: Vec<_> = (0..200)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let kind = if i % 2 == 0 { "data" } else { "error" };
+                client.open(Headers::new().with("streamType", kind)).await
+            })
+        })
+        .collect();
+    for n in 0..200 {
+        let st = tokio::time::timeout(Duration::from_secs(10), server.accept())
+            .await
+            .unwrap_or_else(|_| panic!("stream {n} never arrived"));
+        assert!(st.is_some(), "the session broke after {n} streams");
+    }
+    for o in opens {
+        assert!(o.await.unwrap().is_ok());
+    }
+}
