@@ -666,17 +666,15 @@ async fn the_pods_pid_1_is_no_door_to_the_host() -> Result<()> {
                 std::fs::read_to_string(format!("/proc/{pid}/comm"))
                     .is_ok_and(|c| c.trim() == "crius-init")
                     && std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| {
-                        // The pod's cgroup or the leaf of its own processes below it.
-                        c.lines().any(|l| {
-                            l.ends_with(&format!(":memory:/{parent}"))
-                                || l.contains(&format!(":memory:/{parent}/"))
-                        })
+                        // The leaf of the pod's own processes, in the pod's cgroup.
+                        c.lines()
+                            .any(|l| l.ends_with(&format!(":memory:/{parent}/crius-pod")))
                     })
             })
             .collect();
         ensure!(
             in_pod_cgroup.len() == 1,
-            "the pod's init is in its memory cgroup /{parent}: {in_pod_cgroup:?}"
+            "the pod's init is in its memory cgroup /{parent}/crius-pod: {in_pod_cgroup:?}"
         );
         Ok(())
     }

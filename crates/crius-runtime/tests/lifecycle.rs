@@ -573,6 +573,11 @@ fn a_failure_at_any_step_of_run_pod_sandbox_leaves_nothing() {
     // And with no fault the same pod runs, and stopping and removing it undo everything.
     let id = n.run_pod("web").unwrap();
     assert_eq!(n.rt.pods.get(&id).unwrap().state, PodState::Ready);
+    assert!(
+        n.files("cgroup").iter().any(|f| f.contains(&id)),
+        "the pod's cgroup is made: {:?}",
+        n.files("cgroup")
+    );
     assert!(n.network.attached.lock().unwrap().contains(&id));
     n.rt.remove_pod(&id).unwrap();
     n.assert_empty("removed");

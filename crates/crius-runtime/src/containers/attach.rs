@@ -3,7 +3,7 @@
 
 use std::os::unix::net::UnixStream;
 
-use super::{ContainerManager, ContainerState};
+use super::ContainerManager;
 use crate::error::{RuntimeError, io_err};
 
 impl ContainerManager {
@@ -13,14 +13,7 @@ impl ContainerManager {
         &self,
         id: &str,
     ) -> Result<(String, String, UnixStream), RuntimeError> {
-        let c = self.refresh(&self.get(id)?.id)?;
-        if c.state != ContainerState::Running {
-            return Err(RuntimeError::WrongState {
-                id: c.id.clone(),
-                state: format!("{:?}", c.state),
-                wanted: "Running",
-            });
-        }
+        let c = self.running(id)?;
         let pod = self.pods.get(&c.pod_id)?;
         let socket = self.monitor_socket(&pod);
         // No timeout: the session lasts as long as the client stays attached.

@@ -117,14 +117,7 @@ impl ContainerManager {
         id: &str,
         cmd: &[String],
     ) -> Result<(ContainerRecord, serde_json::Value), RuntimeError> {
-        let c = self.refresh(&self.get(id)?.id)?;
-        if c.state != ContainerState::Running {
-            return Err(RuntimeError::WrongState {
-                id: c.id.clone(),
-                state: format!("{:?}", c.state),
-                wanted: "Running",
-            });
-        }
+        let c = self.running(id)?;
         if cmd.is_empty() {
             return Err(invalid("cmd", "must not be empty"));
         }

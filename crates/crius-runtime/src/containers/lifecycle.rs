@@ -188,14 +188,7 @@ impl ContainerManager {
     }
 
     pub fn reopen_log(&self, id: &str) -> Result<(), RuntimeError> {
-        let c = self.refresh(&self.get(id)?.id)?;
-        if c.state != ContainerState::Running {
-            return Err(RuntimeError::WrongState {
-                id: c.id.clone(),
-                state: format!("{:?}", c.state),
-                wanted: "Running",
-            });
-        }
+        let c = self.running(id)?;
         let pod = self.pods.get(&c.pod_id)?;
         self.monitor(&pod)?
             .reopen_log(&c.id)

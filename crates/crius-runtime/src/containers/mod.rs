@@ -242,9 +242,7 @@ impl ContainerManager {
         }
         // Finish or undo what a crash left half-built, and stop monitors of removed pods.
         let socket_dir = opts.monitor_socket_dir.clone();
-        let monitor_socket = move |pod_id: &str| {
-            socket_dir.join(format!("{}.sock", &pod_id[..pod_id.len().min(16)]))
-        };
+        let monitor_socket = move |pod_id: &str| monitor::socket_in(&socket_dir, pod_id);
         let exit_dir = |pod_id: &str| pods.find(pod_id).ok().flatten().map(|p| Self::exit_dir(&p));
         crate::recovery::recover_containers(
             &crate::recovery::ContainerPaths {
@@ -382,6 +380,20 @@ impl ContainerManager {
     /// The writable layer (overlay upper dir) of container `id`.
     pub fn writable_layer(&self, id: &str) -> PathBuf {
         self.opts.root_dir.join(id).join("upper")
+    }
+
+    /// Container `id` (or unique prefix), brought up to date, if it is running: what exec,
+    /// attach and log reopening need.
+    pub fn running(&self, id: &str) -> Result<ContainerRecord, RuntimeError> {
+        let c = self.refresh(&self.get(id)?.id)?;
+        if c.state != ContainerState::Running {
+            return Err(RuntimeError::WrongState {
+                id: c.id.clone(),
+                state: format!("{:?}", c.state),
+                wanted: "Running",
+            });
+        }
+        Ok(c)
     }
 
     /// Ids of every container.

@@ -37,6 +37,12 @@ pub(super) fn monitor_failed(id: &str, op: &'static str, e: std::io::Error) -> R
     }
 }
 
+/// The monitor socket of pod `pod_id` in `dir`: a short name, as a Unix socket path must fit
+/// 108 bytes (recovery's sweep matches monitors to pods by this prefix).
+pub(super) fn socket_in(dir: &Path, pod_id: &str) -> PathBuf {
+    dir.join(format!("{}.sock", &pod_id[..pod_id.len().min(16)]))
+}
+
 impl ContainerManager {
     /// Starts noticing exits as they are recorded (see [`crate::exit_watch`]), for the pods
     /// that exist now and every one that gets a container later.
@@ -52,9 +58,7 @@ impl ContainerManager {
     }
 
     pub(super) fn monitor_socket(&self, pod: &PodRecord) -> PathBuf {
-        self.opts
-            .monitor_socket_dir
-            .join(format!("{}.sock", &pod.id[..pod.id.len().min(16)]))
+        socket_in(&self.opts.monitor_socket_dir, &pod.id)
     }
 
     pub(super) fn exit_dir(pod: &PodRecord) -> PathBuf {

@@ -37,19 +37,7 @@ pub async fn running_container(
 ) -> Result<ContainerRecord, tonic::Status> {
     let containers = ctx.containers.clone();
     let id = id.to_string();
-    let c = crate::status::blocking(move || {
-        let found = containers.get(&id)?;
-        let c = containers.refresh(&found.id)?;
-        if c.state != State::Running {
-            return Err(crius_runtime::RuntimeError::WrongState {
-                id: c.id.clone(),
-                state: format!("{:?}", c.state),
-                wanted: "Running",
-            });
-        }
-        Ok(c)
-    })
-    .await?;
+    let c = crate::status::blocking(move || containers.running(&id)).await?;
     record_ids(&c);
     Ok(c)
 }
