@@ -1430,7 +1430,6 @@ async fn crash_steps(chaos: &mut Chaos, crash_file: &Path, handler: &str) -> Res
     let ctr_steps = [
         ("container.rootfs", false),
         ("container.spec", false),
-        ("container.created", false),
         ("container.record", true),
     ];
     for (step, listed) in ctr_steps {
@@ -1462,5 +1461,48 @@ async fn crash_steps(chaos: &mut Chaos, crash_file: &Path, handler: &str) -> Res
             chaos.violations.len()
         );
     }
+    // StartContainer cut between the runtime's create and the record's save: the record
+    // still says created while the runtime has the container. The restart must not lose
+    // it, and its removal (final_cleanup) must leave nothing of it in the runtime.
+    let step = "container.runtime_created";
+    let name = chaos.next_name("c");
+    let id = chaos
+        .rt()
+        .await?
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container(&name, &["sleep", "3600"])),
+            sandbox_config: None,
+        })
+        .await?
+        .into_inner()
+        .container_id;
+    chaos.model.ctrs.insert(
+        id.clone(),
+        CtrModel {
+            pod: pod.clone(),
+            name,
+            exits_with: None,
+            expect: CtrExpect::Any,
+            seen_exit: None,
+            code_certain: false,
+        },
+    );
+    std::fs::write(crash_file, step)?;
+    let r = chaos
+        .rt()
+        .await?
+        .start_container(StartContainerRequest { container_id: id })
+        .await;
+    assert!(r.is_err(), "{step}: StartContainer answered {r:?}");
+    assert!(
+        !crash_file.exists(),
+        "{step}: criusd never reached the step"
+    );
+    chaos.restart_and_check().await?;
+    eprintln!(
+        "chaos: crash at {step}: {} violations so far",
+        chaos.violations.len()
+    );
     chaos.final_cleanup().await
 }

@@ -38,6 +38,7 @@ both_runtimes!(
     create_error_reports_runtime_output,
     exit_when_empty,
     attach_is_bounded,
+    exited_containers_leave_the_runtime,
 );
 
 fn exec_req(id: &str, argv: &[&str], timeout_ms: u64) -> ExecRequest {
@@ -119,6 +120,48 @@ fn sigkill_exit_code(mut env: Env) {
     c.delete(&id, false).unwrap();
     let err = c.delete(&id, false).unwrap_err();
     assert_eq!(monitor_error(&err).unwrap().code, ErrorCode::NotFound);
+}
+
+/// The monitor runs the runtime's `delete` once a container exits (as containerd deletes a
+/// task on its exit): the container keeps its state and exit in the monitor, and a later
+/// Delete has no runtime work left.
+fn exited_containers_leave_the_runtime(mut env: Env) {
+    env.start_monitor(&[]);
+    let (id, _log, _pid) = env.run("gone", &["sleep", "100"]);
+    let (runtime, root) = (env.runtime.clone(), env.root.clone());
+    let in_runtime = |id: &str| {
+        std::process::Command::new(&runtime)
+            .arg("--root")
+            .arg(&root)
+            .args(["state", id])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(in_runtime(&id));
+    let mut c = env.client();
+    c.kill(&id, 9, false).unwrap();
+    assert_eq!(env.wait_exit(&id).exit_code, 137);
+    assert!(
+        wait_until(Duration::from_secs(10), || !in_runtime(&id)),
+        "the runtime still has the exited container"
+    );
+    let st = c.state().unwrap();
+    let me = st.iter().find(|s| s.id == id).unwrap();
+    assert_eq!(
+        (me.status, me.exit_code),
+        (ContainerStatus::Exited, Some(137))
+    );
+    c.delete(&id, false).unwrap();
+    assert!(c.state().unwrap().is_empty());
+    // A Delete that races the monitor's own delete is answered when that one ends.
+    let (id, _log, _pid) = env.run("race", &["sleep", "100"]);
+    c.kill(&id, 9, false).unwrap();
+    env.wait_exit(&id);
+    c.delete(&id, true).unwrap();
+    assert!(c.state().unwrap().is_empty());
+    assert!(!in_runtime(&id));
 }
 
 fn exec_sync(mut env: Env) {

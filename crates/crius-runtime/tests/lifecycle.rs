@@ -613,24 +613,54 @@ fn stop_and_remove_are_idempotent() {
 fn a_failure_at_any_step_of_create_container_leaves_nothing_of_it() {
     let n = Node::new();
     let pod = n.run_pod("web").unwrap();
-    for step in ["mount", "monitor.spawn", "monitor.create"] {
+    // The runtime's create is Start's (see the next test); Create's side effect is the
+    // rootfs mount.
+    let step = "mount";
+    n.faults.arm(step);
+    let err = n.create(&pod, "app").expect_err(step);
+    assert!(err.to_string().contains("injected"), "{step}: {err}");
+    assert!(n.rt.containers.list(&ContainerFilter::default()).is_empty());
+    assert_eq!(n.files("root/containers"), Vec::<String>::new());
+    assert_eq!(n.files("state/containers"), Vec::<String>::new());
+    assert!(n.host.world().mounts.is_empty());
+    // The name is free again: a retry succeeds.
+    let c = n.create(&pod, "app").unwrap();
+    assert_eq!(state_of(&n.rt, &c), ContainerState::Created);
+    n.rt.remove_pod(&pod).unwrap();
+    n.assert_empty("after the pod");
+}
+
+#[test]
+fn a_failure_at_any_step_of_start_container_leaves_it_exited_with_start_error() {
+    let n = Node::new();
+    let pod = n.run_pod("web").unwrap();
+    for (i, step) in ["monitor.spawn", "monitor.create"].into_iter().enumerate() {
+        let c = n.create(&pod, &format!("app{i}")).unwrap();
         n.faults.arm(step);
-        let err = n.create(&pod, "app").expect_err(step);
+        let err = n.rt.containers.start(&c).expect_err(step);
         assert!(
             err.to_string().contains("injected") || err.to_string().contains("runtime create"),
             "{step}: {err}"
         );
-        assert!(
-            n.rt.containers.list(&ContainerFilter::default()).is_empty(),
-            "{step}"
-        );
-        assert_eq!(n.files("root/containers"), Vec::<String>::new(), "{step}");
-        assert_eq!(n.files("state/containers"), Vec::<String>::new(), "{step}");
-        assert!(n.host.world().mounts.is_empty(), "{step}");
+        // As containerd: exited, code 128, StartError; the kubelet restarts it per policy.
+        let view = n.rt.container_status(&c, false).unwrap().record;
+        assert_eq!(view.state, ContainerState::Exited, "{step}");
+        assert_eq!((view.exit_code, view.reason.as_str()), (128, "StartError"));
+        assert!(view.message.contains("injected") || view.message.contains("runtime create"));
+        let again = n.rt.containers.start(&c).unwrap_err();
+        assert_eq!(again.kind(), ErrorKind::FailedPrecondition, "{again}");
+        n.rt.containers.remove(&c).unwrap();
+        let w = n.host.world();
+        assert!(w.monitors.values().all(|m| !m.contains_key(&c)), "{step}");
     }
-    // The name is free again: a retry succeeds.
-    let c = n.create(&pod, "app").unwrap();
-    assert_eq!(state_of(&n.rt, &c), ContainerState::Created);
+    // A created container is not in the runtime yet: Stop ends it as a killed one.
+    let c = n.create(&pod, "late").unwrap();
+    n.rt.containers.stop(&c, Duration::from_secs(1)).unwrap();
+    let view = n.rt.container_status(&c, false).unwrap().record;
+    assert_eq!((view.state, view.exit_code), (ContainerState::Exited, 137));
+    let c = n.create(&pod, "started").unwrap();
+    n.rt.containers.start(&c).unwrap();
+    assert_eq!(state_of(&n.rt, &c), ContainerState::Running);
     n.rt.remove_pod(&pod).unwrap();
     n.assert_empty("after the pod");
 }
@@ -784,13 +814,14 @@ fn containers_a_dead_monitor_left_are_killed_and_reported_exited() {
     // The next call that needs the monitor starts a new one, which kills the orphan through
     // the runtime it is told about.
     let other = n.create(&pod, "other").unwrap();
+    n.rt.containers.start(&other).unwrap();
     let view = n.rt.container_status(&c, false).unwrap().record;
     assert_eq!(view.state, ContainerState::Exited, "{}", view.message);
     assert_eq!(view.exit_code, 137);
     assert!(view.message.contains("monitor"), "{}", view.message);
     let kills = n.host.world().foreign_kills.clone();
     assert_eq!(kills, vec![(c.clone(), PathBuf::from("/usr/bin/runc"))]);
-    assert_eq!(state_of(&n.rt, &other), ContainerState::Created);
+    assert_eq!(state_of(&n.rt, &other), ContainerState::Running);
     n.rt.remove_pod(&pod).unwrap();
     n.assert_empty("after the pod");
 }

@@ -1,5 +1,5 @@
-//! CreateContainer: validation, the OCI spec from the CRI config, the rootfs and the
-//! monitor's `create`.
+//! CreateContainer: validation, the OCI spec from the CRI config and the rootfs. The
+//! runtime's `create` is StartContainer's first step (lifecycle.rs).
 
 use super::*;
 
@@ -83,6 +83,20 @@ impl ContainerManager {
             return Err(invalid("config.metadata.name", "must not be empty"));
         }
         validate_log_path(&config.log_path)?;
+        let log_path = match (pod.config.log_directory.as_str(), config.log_path.as_str()) {
+            ("", _) | (_, "") => PathBuf::new(),
+            (dir, file) => Path::new(dir).join(file),
+        };
+        // The monitor opens the log at Start without following links or blocking on FIFOs;
+        // what is planted there already is refused now, where the client sees it.
+        if let Ok(m) = fs::symlink_metadata(&log_path)
+            && !m.file_type().is_file()
+        {
+            return Err(invalid(
+                "config.log_path",
+                format!("{} exists and is not a regular file", log_path.display()),
+            ));
+        }
         let key = format!("{}_{}_{}", meta.name, meta.attempt, pod.id);
         let _guard = self.locks.lock(&key);
         if let Some(existing) = self.lock().values().find(|c| {
@@ -170,7 +184,8 @@ impl ContainerManager {
         if let Some(r) = config.linux.as_ref().and_then(|l| l.resources.as_ref()) {
             crate::cgroups::check_resources(self.pods.cgroups().as_ref(), r, &id)?;
         }
-        let handler_path = self.runtime_path(&pod.runtime_handler)?;
+        // An unknown handler is refused now, not at Start.
+        self.runtime_path(&pod.runtime_handler)?;
         let spec = crius_oci::container_spec(&SpecInput {
             container: &config,
             sandbox: &sandbox,
@@ -200,34 +215,9 @@ impl ContainerManager {
         crius_state::atomic_write(&bundle.join("config.json"), &spec_json)?;
         crate::recovery::crash_point("container.spec");
 
-        let log_path = match (pod.config.log_directory.as_str(), config.log_path.as_str()) {
-            ("", _) | (_, "") => PathBuf::new(),
-            (dir, file) => Path::new(dir).join(file),
-        };
         if let Some(parent) = log_path.parent().filter(|p| !p.as_os_str().is_empty()) {
             create_dir_all(parent, 0o755)?;
         }
-        let mut monitor = self.monitor(&pod)?;
-        let exit_dir = Self::exit_dir(&pod);
-        create_dir_all(&exit_dir, 0o700)?;
-        self.exit_watch.add(&exit_dir);
-        let runtime_root = self.opts.runtime_root.join(&pod.runtime_handler);
-        create_dir_all(&runtime_root, 0o700)?;
-        let pid = monitor
-            .create(&CreateRequest {
-                id: id.clone(),
-                bundle: bundle.clone(),
-                runtime: handler_path,
-                runtime_root,
-                log_path: log_path.clone(),
-                stdin: config.stdin,
-                stdin_once: config.stdin_once,
-                tty: config.tty,
-                exit_dir,
-                systemd_cgroup: self.systemd_cgroup(),
-            })
-            .map_err(|e| monitor_failed(&id, "create", e))?;
-        crate::recovery::crash_point("container.created");
 
         let record = ContainerRecord {
             id: id.clone(),
@@ -244,7 +234,9 @@ impl ContainerManager {
             exit_code: 0,
             reason: String::new(),
             message: String::new(),
-            pid,
+            // The OCI runtime's `create` runs at Start, as containerd does (its task is made
+            // there): CreateContainer stays a few file operations. No pid yet means that.
+            pid: 0,
             log_path,
             bundle,
             rootfs,
@@ -266,10 +258,7 @@ impl ContainerManager {
             Save::Create,
             |_| self.pods.events().publish(&id, &pod.id, EventKind::Created),
         );
-        if let Err(e) = created {
-            let _ = monitor.delete(&id, true);
-            return Err(e);
-        }
+        created?;
         crate::recovery::crash_point("container.record");
         undo.disarm();
         crate::recovery::remove_intent(&self.opts.root_dir, &id);

@@ -1,12 +1,17 @@
 //! Start, Stop, Remove, status refresh, resource updates and log reopening.
 
+use crius_error::HasKind;
+
 use super::*;
 
 impl ContainerManager {
+    /// Runs the OCI runtime's `create` (when CreateContainer left it to Start) and `start`.
+    /// A container that fails to start is reported exited with `StartError` and code 128,
+    /// as containerd does, so the kubelet restarts it per policy rather than retrying Start.
     pub fn start(&self, id: &str) -> Result<(), RuntimeError> {
         let c = self.get(id)?;
         let _guard = self.locks.lock(&c.id);
-        let c = self.get(&c.id)?;
+        let mut c = self.get(&c.id)?;
         if c.state != ContainerState::Created {
             return Err(RuntimeError::WrongState {
                 id: c.id.clone(),
@@ -15,16 +20,96 @@ impl ContainerManager {
             });
         }
         let pod = self.pods.get(&c.pod_id)?;
-        let started_at = self
-            .monitor(&pod)?
-            .start(&c.id)
-            .map_err(|e| monitor_failed(&c.id, "start", e))?;
-        let mut c = c;
-        c.state = ContainerState::Running;
-        c.started_at = started_at;
-        self.save(&c)?;
-        info!(container_id = %c.id, "container started");
-        Ok(())
+        if pod.state != PodState::Ready {
+            return Err(RuntimeError::NotReady { id: pod.id.clone() });
+        }
+        let started = self.monitor(&pod).and_then(|mut monitor| {
+            if c.pid == 0 {
+                c.pid = self.runtime_create(&pod, monitor.as_mut(), &c)?;
+                crate::recovery::crash_point("container.runtime_created");
+            }
+            monitor
+                .start(&c.id)
+                .map_err(|e| monitor_failed(&c.id, "start", e))
+        });
+        match started {
+            Ok(started_at) => {
+                c.state = ContainerState::Running;
+                c.started_at = started_at;
+                self.save(&c)?;
+                info!(container_id = %c.id, "container started");
+                Ok(())
+            }
+            Err(e) => {
+                warn!(container_id = %c.id, error = %e, "container failed to start");
+                self.runtime_delete(&pod, &c);
+                c.state = ContainerState::Exited;
+                c.exit_code = 128;
+                c.finished_at = now();
+                c.reason = "StartError".into();
+                c.message = e.to_string();
+                self.save(&c)?;
+                Err(e)
+            }
+        }
+    }
+
+    /// The runtime's `create` in the pod's monitor; returns the container's pid. A container
+    /// of this id the runtime still has (a crash between this and the record's save) is
+    /// deleted first.
+    fn runtime_create(
+        &self,
+        pod: &PodRecord,
+        monitor: &mut dyn MonitorConn,
+        c: &ContainerRecord,
+    ) -> Result<u32, RuntimeError> {
+        let exit_dir = Self::exit_dir(pod);
+        create_dir_all(&exit_dir, 0o700)?;
+        self.exit_watch.add(&exit_dir);
+        let runtime_root = self.opts.runtime_root.join(&c.runtime_handler);
+        create_dir_all(&runtime_root, 0o700)?;
+        let req = CreateRequest {
+            id: c.id.clone(),
+            bundle: c.bundle.clone(),
+            runtime: self.runtime_path(&c.runtime_handler)?,
+            runtime_root,
+            log_path: c.log_path.clone(),
+            stdin: c.config.stdin,
+            stdin_once: c.config.stdin_once,
+            tty: c.config.tty,
+            exit_dir,
+            systemd_cgroup: self.systemd_cgroup(),
+        };
+        let created = monitor
+            .create(&req)
+            .map_err(|e| monitor_failed(&c.id, "create", e));
+        match created {
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                self.runtime_delete(pod, c);
+                monitor
+                    .create(&req)
+                    .map_err(|e| monitor_failed(&c.id, "create", e))
+            }
+            r => r,
+        }
+    }
+
+    /// Deletes the container from the runtime (killing what is left of it), through the
+    /// pod's monitor; a container left by a monitor that died is unknown to its successor,
+    /// which deletes it through the runtime named in the request (its state and cgroup would
+    /// leak otherwise). Failures are logged: the caller goes on removing.
+    fn runtime_delete(&self, pod: &PodRecord, c: &ContainerRecord) {
+        let via_monitor = self.monitor(pod).and_then(|mut m| {
+            m.delete(&c.id, true)
+                .map_err(|e| monitor_failed(&c.id, "delete", e))
+        });
+        if let Err(e) = via_monitor.or_else(|_| {
+            self.monitor(pod)?
+                .delete_foreign(&c.id, self.foreign(c)?)
+                .map_err(|e| monitor_failed(&c.id, "delete", e))
+        }) {
+            warn!(container_id = %c.id, error = %e, "runtime delete failed");
+        }
     }
 
     /// Picks up an exit recorded by the monitor.
@@ -97,6 +182,20 @@ impl ContainerManager {
         if c.state == ContainerState::Exited {
             return Ok(());
         }
+        if c.state == ContainerState::Created && c.pid == 0 {
+            // Not in the runtime yet: nothing to signal. It ends as a created container
+            // stopped in the runtime would (killed before it ran), so Stop means the same
+            // whenever the runtime's create happens.
+            let mut c = c;
+            c.state = ContainerState::Exited;
+            c.exit_code = 128 + libc::SIGKILL;
+            c.finished_at = now();
+            c.started_at = c.finished_at;
+            c.reason = "Error".into();
+            self.save(&c)?;
+            info!(container_id = %c.id, "created container stopped");
+            return Ok(());
+        }
         let pod = self.pods.get(&c.pod_id)?;
         let mut monitor = self.monitor(&pod)?;
         // The monitor signals through the runtime; a container it does not own (left by a
@@ -147,20 +246,7 @@ impl ContainerManager {
         self.stop(&c.id, Duration::ZERO)?;
         let _guard = self.locks.lock(&c.id);
         if let Some(pod) = self.pods.find(&c.pod_id)? {
-            let via_monitor = self.monitor(&pod).and_then(|mut m| {
-                m.delete(&c.id, true)
-                    .map_err(|e| monitor_failed(&c.id, "delete", e))
-            });
-            // A container left by a monitor that died is unknown to its successor, which
-            // deletes it through the runtime named in the request (its state and cgroup would
-            // leak otherwise).
-            if let Err(e) = via_monitor.or_else(|_| {
-                self.monitor(&pod)?
-                    .delete_foreign(&c.id, self.foreign(&c)?)
-                    .map_err(|e| monitor_failed(&c.id, "delete", e))
-            }) {
-                warn!(container_id = %c.id, error = %e, "runtime delete failed");
-            }
+            self.runtime_delete(&pod, &c);
             let _ = fs::remove_file(Self::exit_dir(&pod).join(&c.id));
         }
         self.host
@@ -216,17 +302,22 @@ impl ContainerManager {
                 source: e,
             }
         })?;
-        // The runtime reads the new limits from a file in the bundle (root's only).
-        let file = c.bundle.join("resources.json");
-        let json = serde_json::to_vec(&oci).map_err(|e| invalid("resources", e.to_string()))?;
-        crius_state::atomic_write(&file, &json)?;
-        let pod = self.pods.get(&c.pod_id)?;
-        let updated = self
-            .monitor(&pod)?
-            .update(&c.id, &file)
-            .map_err(|e| monitor_failed(&c.id, "update resources", e));
-        let _ = fs::remove_file(&file);
-        updated?;
+        if c.state == ContainerState::Created && c.pid == 0 {
+            // Not in the runtime yet: the spec it will be created from carries the limits.
+            self.update_spec_resources(&c, &oci, resources.oom_score_adj)?;
+        } else {
+            // The runtime reads the new limits from a file in the bundle (root's only).
+            let file = c.bundle.join("resources.json");
+            let json = serde_json::to_vec(&oci).map_err(|e| invalid("resources", e.to_string()))?;
+            crius_state::atomic_write(&file, &json)?;
+            let pod = self.pods.get(&c.pod_id)?;
+            let updated = self
+                .monitor(&pod)?
+                .update(&c.id, &file)
+                .map_err(|e| monitor_failed(&c.id, "update resources", e));
+            let _ = fs::remove_file(&file);
+            updated?;
+        }
         let before = c
             .config
             .linux
@@ -243,6 +334,31 @@ impl ContainerManager {
             .resources = Some(resources);
         self.save(&c)?;
         info!(container_id = %c.id, "container resources updated");
+        Ok(())
+    }
+
+    /// Writes new limits into the bundle's config.json of a container not yet in the runtime.
+    fn update_spec_resources(
+        &self,
+        c: &ContainerRecord,
+        oci: &impl Serialize,
+        oom_score_adj: i64,
+    ) -> Result<(), RuntimeError> {
+        let path = c.bundle.join("config.json");
+        let mut spec: serde_json::Value = read_json(&path)?.ok_or_else(|| RuntimeError::Io {
+            op: "reading the spec",
+            path: path.clone(),
+            source: std::io::ErrorKind::NotFound.into(),
+        })?;
+        let json = |e: serde_json::Error| invalid("resources", e.to_string());
+        spec["linux"]["resources"] = serde_json::to_value(oci).map_err(json)?;
+        // Raised to the floor as at create: the runtime fails below the daemon's own.
+        let adj = self
+            .oom_floor
+            .map_or(oom_score_adj, |f| oom_score_adj.max(f));
+        spec["process"]["oomScoreAdj"] = adj.into();
+        let bytes = serde_json::to_vec_pretty(&spec).map_err(json)?;
+        crius_state::atomic_write(&path, &bytes)?;
         Ok(())
     }
 

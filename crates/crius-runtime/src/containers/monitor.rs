@@ -137,6 +137,9 @@ impl ContainerManager {
             if Self::exit_dir(pod).join(&c.id).exists() {
                 continue; // the old monitor recorded the exit: refresh reads it
             }
+            if c.state == ContainerState::Created && c.pid == 0 {
+                continue; // not in the runtime yet: Start creates it with this monitor
+            }
             let alive = c.pid > 0 && self.host.alive(c.pid);
             if alive || c.state == ContainerState::Created {
                 // The new monitor does not own the container: it kills it through the runtime

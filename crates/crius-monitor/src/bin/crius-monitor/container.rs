@@ -34,6 +34,8 @@ pub struct Container {
     pub stdin_close_pending: bool,
     /// The OOM kill counter of the container's memory cgroup, read once it was created.
     pub oom: Option<OomCounter>,
+    /// The runtime's `delete` ran after the exit: a Delete request only forgets it.
+    pub runtime_deleted: bool,
 }
 
 impl Container {

@@ -93,12 +93,29 @@ impl Monitor {
                 self.runtime_job(&id, foreign.as_ref(), conn, JobKind::Kill, &args)
             }
             Request::Delete { id, force, foreign } => {
+                if let Some(i) = self.find(&id) {
+                    if self.containers[i].runtime_deleted {
+                        self.forget(i);
+                        return Some(Response::Ok);
+                    }
+                    // The delete after its exit is running: its end answers this request.
+                    if let Some(job) = self.jobs.iter_mut().find(|j| {
+                        j.conn.is_none()
+                            && matches!(&j.kind, JobKind::Delete { id: d, after_exit: true } if *d == id)
+                    }) {
+                        job.conn = Some(conn);
+                        return None;
+                    }
+                }
                 let mut args: Vec<&str> = vec!["delete"];
                 if force {
                     args.push("--force");
                 }
                 args.push(&id);
-                let kind = JobKind::Delete { id: id.clone() };
+                let kind = JobKind::Delete {
+                    id: id.clone(),
+                    after_exit: false,
+                };
                 self.runtime_job(&id, foreign.as_ref(), conn, kind, &args)
             }
             Request::Update { id, resources } => {
@@ -134,6 +151,38 @@ impl Monitor {
                 None
             }
             Err(resp) => Some(resp),
+        }
+    }
+
+    /// Drops a container the runtime no longer has: its last output is logged and its
+    /// attachers are told.
+    fn forget(&mut self, i: usize) {
+        let id = self.containers[i].id.clone();
+        self.pump_container(i, true);
+        self.end_attachers(&id, None);
+        self.containers.swap_remove(i);
+    }
+
+    /// After container `i` exited: the runtime's `delete`, answered to nobody unless a Delete
+    /// request comes while it runs. A failure leaves it to that request's own delete.
+    pub fn delete_after_exit(&mut self, i: usize) {
+        let c = &self.containers[i];
+        let (id, systemd) = (c.id.clone(), c.systemd_cgroup);
+        let mut args = vec!["delete", id.as_str()];
+        if systemd {
+            // A global flag: before the subcommand.
+            args.insert(0, "--systemd-cgroup");
+        }
+        let kind = JobKind::Delete {
+            id: id.clone(),
+            after_exit: true,
+        };
+        match self.runtime_job(&id, None, 0, kind, &args) {
+            Ok(mut job) => {
+                job.conn = None;
+                self.jobs.push(job);
+            }
+            Err(_) => eprintln!("crius-monitor: could not run the runtime's delete for {id}"),
         }
     }
 
@@ -181,6 +230,7 @@ impl Monitor {
             stdin_buf: Vec::new(),
             stdin_close_pending: false,
             oom: None,
+            runtime_deleted: false,
         };
         let pid_file = req.bundle.join("pid");
         let _ = fs::remove_file(&pid_file);
@@ -464,12 +514,16 @@ impl Monitor {
                     failed(&job, "update")
                 }
             }
-            JobKind::Delete { id } => {
+            JobKind::Delete { id, after_exit } => {
                 if ok {
                     if let Some(i) = self.find(&id) {
-                        self.pump_container(i, true);
-                        self.end_attachers(&id, None);
-                        self.containers.swap_remove(i);
+                        // The monitor's own delete keeps the container (its state and exit
+                        // stay known) until criusd removes it, unless that was asked meanwhile.
+                        if after_exit && job.conn.is_none() {
+                            self.containers[i].runtime_deleted = true;
+                        } else {
+                            self.forget(i);
+                        }
                     }
                     Response::Ok
                 } else {
@@ -554,6 +608,7 @@ impl Monitor {
         if let Some((code, at)) = self.recent_exits.take(pid) {
             let last = self.containers.len() - 1;
             self.containers[last].record_exit(code, at);
+            self.delete_after_exit(last);
         }
         Response::Created { pid: pid as u32 }
     }

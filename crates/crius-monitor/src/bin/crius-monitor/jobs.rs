@@ -62,6 +62,9 @@ pub enum JobKind {
     Update,
     Delete {
         id: String,
+        /// Run by the monitor itself once the container exited (as containerd deletes a
+        /// task on its exit), so RemoveContainer later does no runtime work.
+        after_exit: bool,
     },
     Exec {
         process_file: PathBuf,

@@ -279,6 +279,7 @@ impl Monitor {
             self.containers[i].record_exit(code, at);
             let id = self.containers[i].id.clone();
             self.end_attachers(&id, Some(code));
+            self.delete_after_exit(i);
             return;
         }
         // An orphan re-parented to us (subreaper), or a container init we have not
