@@ -1488,6 +1488,30 @@ async fn kill_client_and_check_nothing_left(
         .filter(|n| n.starts_with("stream-exec-"))
         .collect();
     assert!(left.is_empty(), "per-exec files left: {left:?}");
+    // The monitor runs the exec now: its files go once it reaped the runtime.
+    let monitor_dir = pod
+        .env
+        .daemon
+        .state()
+        .join("pods")
+        .join(&pod.pod_id)
+        .join("monitor");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<_> = std::fs::read_dir(&monitor_dir)?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n.starts_with("stream-exec-"))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "per-exec files left in the monitor's dir: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     Ok(())
 }
 
