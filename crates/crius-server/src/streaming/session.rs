@@ -2,6 +2,8 @@
 //! `crius_monitor::attach`): the request line and its answer, then the client's input and
 //! terminal sizes to the monitor and the monitor's output to the client, until its exit frame.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use crius_monitor::attach as frame;
 use crius_monitor::{Request, Response};
@@ -11,6 +13,9 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 /// The monitor's answer to the request is one short line.
 const MAX_RESPONSE_LINE: u64 = 64 * 1024;
+/// The monitor answers at once (an exec: once the runtime is spawned); a hung monitor must
+/// not hold the session, which does not watch its client until it runs.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Session {
     r: BufReader<OwnedReadHalf>,
@@ -56,9 +61,15 @@ impl Session {
                 .read_until(b'\n', &mut line)
                 .await
         };
-        answered
-            .await
-            .map_err(|e| OpenError::Broken(format!("monitor: {e}")))?;
+        match tokio::time::timeout(ANSWER_TIMEOUT, answered).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(OpenError::Broken(format!("monitor: {e}"))),
+            Err(_) => {
+                return Err(OpenError::Broken(format!(
+                    "the pod monitor did not answer within {ANSWER_TIMEOUT:?}"
+                )));
+            }
+        }
         match Response::decode(&line) {
             Ok(Response::Ok) => Ok(Session { r, w }),
             Ok(Response::Error(e)) => Err(OpenError::Refused(e.message)),
