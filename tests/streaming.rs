@@ -413,6 +413,77 @@ async fn a_killed_client_leaves_nothing_behind() -> Result<()> {
     pod.teardown().await
 }
 
+/// criusd killed mid-exec: the pod's monitor outlives it, but the exec it ran for the lost
+/// session is killed with the connection (nothing would relay its stdio any more) and leaves
+/// no file; the container runs on and, after a restart, execs work again.
+#[tokio::test]
+async fn a_streaming_exec_ends_with_criusd() -> Result<()> {
+    let mut pod = pod_with_busybox("runc").await?;
+    let id = pod.run("web", &["sleep", "1000"]).await?;
+    let container_pid = pod.pid_of(&id).await?;
+    let m = (5_000_000 + std::process::id()).to_string();
+    let marker = ["sleep", m.as_str()];
+    let _client = tokio::process::Command::new(crictl())
+        .arg("--runtime-endpoint")
+        .arg(pod.env.daemon.endpoint())
+        .args(["exec", &id])
+        .args(marker)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while processes_with_cmdline(&marker).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the exec never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pod.env.daemon.kill9();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !processes_with_cmdline(&marker).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the exec'd process outlived criusd"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        std::path::Path::new(&format!("/proc/{container_pid}")).exists(),
+        "the container kept running"
+    );
+    let monitor_dir = pod
+        .env
+        .daemon
+        .state()
+        .join("pods")
+        .join(&pod.pod_id)
+        .join("monitor");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<_> = std::fs::read_dir(&monitor_dir)?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n.starts_with("stream-exec-"))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "per-exec files left: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pod.env.daemon.restart().await?;
+    let (code, out, err) = crictl_run(&pod, &["exec", &id, "echo", "again"], None).await?;
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
+    assert_eq!(out, b"again\n");
+    pod.teardown().await
+}
+
 /// One HTTP/1.0 GET through `addr`; returns the whole response.
 async fn http_get(addr: std::net::SocketAddr) -> Result<String> {
     let mut s = tokio::net::TcpStream::connect(addr).await?;
@@ -1417,6 +1488,30 @@ async fn kill_client_and_check_nothing_left(
         .filter(|n| n.starts_with("stream-exec-"))
         .collect();
     assert!(left.is_empty(), "per-exec files left: {left:?}");
+    // The monitor runs the exec now: its files go once it reaped the runtime.
+    let monitor_dir = pod
+        .env
+        .daemon
+        .state()
+        .join("pods")
+        .join(&pod.pod_id)
+        .join("monitor");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<_> = std::fs::read_dir(&monitor_dir)?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n.starts_with("stream-exec-"))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "per-exec files left in the monitor's dir: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     Ok(())
 }
 

@@ -12,6 +12,10 @@
 //! console is `STDOUT`), then [`EXIT`] (the exit code, i32 big-endian) once the container
 //! exited, after which the monitor closes the connection. A frame of an unknown kind or over
 //! the size limit ends the connection.
+//!
+//! A `stream-exec` connection carries the same frames after its `v1 ok`: the exec'd process's
+//! stdio instead of the container's, and [`EXIT`] with the process's exit code. Closing it
+//! from the client side kills the process.
 
 pub const STDIN: u8 = 0;
 pub const STDOUT: u8 = 1;

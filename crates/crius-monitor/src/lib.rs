@@ -36,6 +36,7 @@ pub use exit_file::{ExitRecord, read_exit_file, write_exit_file};
 pub use oom::OomCounter;
 pub use protocol::{
     ContainerState, ContainerStatus, CreateRequest, EXEC_OUTPUT_LIMIT, ErrorCode, ExecRequest,
-    ExecResult, ForeignRuntime, MonitorError, Request, Response, User,
+    ExecResult, ForeignRuntime, MAX_STREAM_EXECS, MonitorError, Request, Response,
+    StreamExecRequest, User,
 };
 pub use spawn::{PID_FILE, spawn_detached};

@@ -30,6 +30,8 @@
 //! | `start`      | `id`                                                                         |
 //! | `exec`       | `id arg* env* cwd uid gid gids* tty timeout_ms nnp`                          |
 //! | `attach`     | `id stdin stdout stderr` (answered `ok`, then frames: see [`crate::attach`]) |
+//! | `stream-exec`| `id arg* env* cwd uid gid gids* tty nnp stdin stdout stderr width height`    |
+//! |              | (answered `ok`, then frames as for `attach`, ending with the exit code)       |
 //! | `kill`       | `id signal all`                                                              |
 //! | `delete`     | `id force`                                                                   |
 //! | `reopen-log` | `id`                                                                         |
@@ -112,6 +114,48 @@ pub struct ExecRequest {
     pub no_new_privileges: bool,
 }
 
+/// A streaming exec (CRI `Exec`): `<runtime> exec` run by the monitor, its stdio relayed as
+/// [`crate::attach`] frames on the request's connection for as long as that connection lives.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StreamExecRequest {
+    pub id: String,
+    pub argv: Vec<String>,
+    pub env: Vec<String>,
+    /// Working directory inside the container; empty means `/`.
+    pub cwd: String,
+    pub user: User,
+    /// A terminal: the monitor allocates a pty for the runtime, which gives the process one.
+    pub tty: bool,
+    pub no_new_privileges: bool,
+    /// Which streams the client has; a missing one is `/dev/null` for the process.
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    /// The terminal's size before the process starts (0: unknown).
+    pub width: u16,
+    pub height: u16,
+}
+
+impl StreamExecRequest {
+    /// The process as ExecSync would run it (the OCI process object is the same).
+    pub fn process(&self) -> ExecRequest {
+        ExecRequest {
+            id: self.id.clone(),
+            argv: self.argv.clone(),
+            env: self.env.clone(),
+            cwd: self.cwd.clone(),
+            user: self.user.clone(),
+            tty: self.tty,
+            timeout_ms: 0,
+            no_new_privileges: self.no_new_privileges,
+        }
+    }
+}
+
+/// Streaming execs one monitor runs at once (all containers of its pod together); more are
+/// refused with `resource_exhausted`.
+pub const MAX_STREAM_EXECS: usize = 64;
+
 /// Exec output kept per stream, the rest drained and dropped: the CRI caps each stream at
 /// 16 MiB (CVE-2022-1708).
 pub const EXEC_OUTPUT_LIMIT: usize = 16 * 1024 * 1024;
@@ -138,6 +182,9 @@ pub enum Request {
         all: bool,
         foreign: Option<ForeignRuntime>,
     },
+    /// Run a process in the container; the connection then carries its stdio as
+    /// [`crate::attach`] frames, and closing it kills the process.
+    StreamExec(StreamExecRequest),
     /// Join the container's stdio; the connection then carries [`crate::attach`] frames.
     Attach {
         id: String,
@@ -384,6 +431,23 @@ impl LineBuilder {
         self.bytes(key, if value { b"1" } else { b"0" })
     }
 
+    /// The process fields `exec` and `stream-exec` share.
+    fn process(&mut self, argv: &[String], env: &[String], cwd: &str, user: &User) -> &mut Self {
+        for a in argv {
+            self.str("arg", a);
+        }
+        for v in env {
+            self.str("env", v);
+        }
+        self.str("cwd", cwd)
+            .num("uid", user.uid)
+            .num("gid", user.gid);
+        for g in &user.additional_gids {
+            self.num("gids", g);
+        }
+        self
+    }
+
     fn foreign(&mut self, foreign: &Option<ForeignRuntime>) -> &mut Self {
         if let Some(f) = foreign {
             self.path("runtime", &f.runtime).path("root", &f.root);
@@ -460,6 +524,27 @@ impl<'a> Fields<'a> {
             .ok_or_else(|| DecodeError(format!("bad number for {key}")))
     }
 
+    /// A number that may be absent (0 then).
+    fn opt_num<T: std::str::FromStr + Default>(&self, key: &str) -> Result<T, DecodeError> {
+        match self.raw(key) {
+            Some(_) => self.num(key),
+            None => Ok(T::default()),
+        }
+    }
+
+    fn user(&self) -> Result<User, DecodeError> {
+        Ok(User {
+            uid: self.num("uid")?,
+            gid: self.num("gid")?,
+            additional_gids: self
+                .pairs
+                .iter()
+                .filter(|(k, _)| *k == b"gids")
+                .map(|(_, v)| parse_num(v, "gids"))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
     fn flag(&self, key: &str) -> bool {
         self.raw(key) == Some(b"1")
     }
@@ -523,22 +608,24 @@ impl Request {
             }
             Request::Exec(e) => {
                 let mut l = LineBuilder::new(buf, "exec");
-                l.str("id", &e.id);
-                for a in &e.argv {
-                    l.str("arg", a);
-                }
-                for v in &e.env {
-                    l.str("env", v);
-                }
-                l.str("cwd", &e.cwd)
-                    .num("uid", e.user.uid)
-                    .num("gid", e.user.gid);
-                for g in &e.user.additional_gids {
-                    l.num("gids", g);
-                }
-                l.flag("tty", e.tty)
+                l.str("id", &e.id)
+                    .process(&e.argv, &e.env, &e.cwd, &e.user)
+                    .flag("tty", e.tty)
                     .num("timeout_ms", e.timeout_ms)
                     .flag("nnp", e.no_new_privileges);
+                l.finish()
+            }
+            Request::StreamExec(e) => {
+                let mut l = LineBuilder::new(buf, "stream-exec");
+                l.str("id", &e.id)
+                    .process(&e.argv, &e.env, &e.cwd, &e.user)
+                    .flag("tty", e.tty)
+                    .flag("nnp", e.no_new_privileges)
+                    .flag("stdin", e.stdin)
+                    .flag("stdout", e.stdout)
+                    .flag("stderr", e.stderr)
+                    .num("width", e.width)
+                    .num("height", e.height);
                 l.finish()
             }
             Request::Kill {
@@ -615,19 +702,24 @@ impl Request {
                 argv: f.strings("arg")?,
                 env: f.strings("env")?,
                 cwd: to_string(f.opt_bytes("cwd")?)?,
-                user: User {
-                    uid: f.num("uid")?,
-                    gid: f.num("gid")?,
-                    additional_gids: f
-                        .pairs
-                        .iter()
-                        .filter(|(k, _)| *k == b"gids")
-                        .map(|(_, v)| parse_num(v, "gids"))
-                        .collect::<Result<_, _>>()?,
-                },
+                user: f.user()?,
                 tty: f.flag("tty"),
                 timeout_ms: f.num("timeout_ms")?,
                 no_new_privileges: f.flag("nnp"),
+            }),
+            b"stream-exec" => Request::StreamExec(StreamExecRequest {
+                id: f.string("id")?,
+                argv: f.strings("arg")?,
+                env: f.strings("env")?,
+                cwd: to_string(f.opt_bytes("cwd")?)?,
+                user: f.user()?,
+                tty: f.flag("tty"),
+                no_new_privileges: f.flag("nnp"),
+                stdin: f.flag("stdin"),
+                stdout: f.flag("stdout"),
+                stderr: f.flag("stderr"),
+                width: f.opt_num("width")?,
+                height: f.opt_num("height")?,
             }),
             b"kill" => Request::Kill {
                 id: f.string("id")?,
@@ -879,6 +971,24 @@ mod tests {
             stderr: true,
         });
         roundtrip_req(Request::Shutdown { force: true });
+        roundtrip_req(Request::StreamExec(StreamExecRequest {
+            id: "x".into(),
+            argv: vec!["sh".into(), "-i".into()],
+            env: vec!["TERM=xterm".into(), "A=b c".into()],
+            cwd: "/w d".into(),
+            user: User {
+                uid: 1000,
+                gid: 1000,
+                additional_gids: vec![10],
+            },
+            tty: true,
+            no_new_privileges: true,
+            stdin: true,
+            stdout: true,
+            stderr: false,
+            width: 123,
+            height: 45,
+        }));
     }
 
     #[test]

@@ -9,9 +9,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{Env, pid_alive, read_log, wait_until, zombie_children};
+use crius_monitor::attach as frame;
 use crius_monitor::{
-    ContainerStatus, ErrorCode, ExecRequest, MonitorClient, MonitorConn, Request, User,
-    monitor_error, spawn_detached,
+    ContainerStatus, ErrorCode, ExecRequest, MAX_STREAM_EXECS, MonitorClient, MonitorConn, Request,
+    StreamExecRequest, User, monitor_error, spawn_detached,
 };
 
 /// Runs each scenario once with runc and once with crun.
@@ -39,6 +40,10 @@ both_runtimes!(
     exit_when_empty,
     attach_is_bounded,
     exited_containers_leave_the_runtime,
+    stream_exec_relays_stdio_and_exit_codes,
+    stream_exec_with_a_terminal,
+    stream_exec_dies_with_its_client,
+    stream_execs_are_bounded,
 );
 
 fn exec_req(id: &str, argv: &[&str], timeout_ms: u64) -> ExecRequest {
@@ -579,18 +584,23 @@ fn rss_with_three_containers() {
 
 /// Sends `v1 attach ...` on a new connection; returns it once answered, or the error.
 fn attach_conn(env: &Env, id: &str, stdin: bool) -> Result<UnixStream, String> {
-    use std::io::Read;
-    let mut s = UnixStream::connect(&env.socket).unwrap();
-    s.write_all(
+    framed_conn(
+        env,
         &Request::Attach {
             id: id.into(),
             stdin,
             stdout: true,
             stderr: true,
-        }
-        .encode(),
+        },
     )
-    .unwrap();
+}
+
+/// Sends a request answered `ok` then frames on a new connection; returns the connection, or
+/// the error the monitor answered.
+fn framed_conn(env: &Env, req: &Request) -> Result<UnixStream, String> {
+    use std::io::Read;
+    let mut s = UnixStream::connect(&env.socket).unwrap();
+    s.write_all(&req.encode()).unwrap();
     let mut line = Vec::new();
     let mut b = [0u8; 1];
     while !line.ends_with(b"\n") {
@@ -606,7 +616,6 @@ fn attach_conn(env: &Env, id: &str, stdin: bool) -> Result<UnixStream, String> {
 /// Attachers per container are bounded; attachers that do not read are dropped while the
 /// container runs on at full speed, its log complete, and a reading attacher gets it all.
 fn attach_is_bounded(mut env: Env) {
-    use crius_monitor::attach as frame;
     use std::io::Read;
     env.start_monitor(&[]);
     let id = env.new_id("attach");
@@ -667,4 +676,365 @@ fn attach_is_bounded(mut env: Env) {
         assert!(all.len() < 12 * 1024 * 1024, "{} bytes", all.len());
     }
     c.delete(&id, false).unwrap();
+}
+
+fn stream_exec_req(id: &str, argv: &[&str], stdin: bool, tty: bool) -> StreamExecRequest {
+    StreamExecRequest {
+        id: id.into(),
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        env: vec!["PATH=/bin".into()],
+        cwd: "/".into(),
+        tty,
+        stdin,
+        stdout: true,
+        stderr: !tty,
+        ..Default::default()
+    }
+}
+
+fn stream_exec_conn(env: &Env, req: StreamExecRequest) -> Result<UnixStream, String> {
+    framed_conn(env, &Request::StreamExec(req))
+}
+
+fn send_frame(s: &mut UnixStream, kind: u8, payload: &[u8]) {
+    let mut f = Vec::new();
+    frame::encode(&mut f, kind, payload);
+    s.write_all(&f).unwrap();
+}
+
+/// What a streaming exec's connection carried.
+#[derive(Default)]
+struct Relayed {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    exit: Option<i32>,
+    /// The monitor closed the connection (after the exit frame, or without one).
+    closed: bool,
+}
+
+/// Reads frames until `done` holds for what was read, the exit frame arrives or the monitor
+/// closes the connection (a read times out after 30 s: the test fails).
+fn read_frames(s: &mut UnixStream, r: &mut Relayed, done: impl Fn(&Relayed) -> bool) {
+    use std::io::Read;
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    while !done(r) && r.exit.is_none() {
+        let n = s.read(&mut chunk).unwrap_or_else(|e| {
+            panic!(
+                "no frame within 30 s ({e}); stdout so far {:?}, stderr {:?}",
+                String::from_utf8_lossy(&r.stdout),
+                String::from_utf8_lossy(&r.stderr)
+            )
+        });
+        if n == 0 {
+            r.closed = true;
+            return;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut used = 0;
+        while let Some((kind, p, n)) = frame::decode(&buf[used..]).unwrap() {
+            match kind {
+                frame::STDOUT => r.stdout.extend_from_slice(p),
+                frame::STDERR => r.stderr.extend_from_slice(p),
+                frame::EXIT => r.exit = Some(i32::from_be_bytes(p.try_into().unwrap())),
+                k => panic!("unexpected frame kind {k}"),
+            }
+            used += n;
+        }
+        buf.drain(..used);
+    }
+    if r.exit.is_some() {
+        // The exit frame is the last thing on the connection.
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        assert!(
+            rest.is_empty() && buf.is_empty(),
+            "data after the exit frame"
+        );
+        r.closed = true;
+    }
+}
+
+fn run_to_exit(env: &Env, req: StreamExecRequest, stdin: Option<&[u8]>) -> Relayed {
+    let mut s = stream_exec_conn(env, req).unwrap();
+    if let Some(data) = stdin {
+        for chunk in data.chunks(frame::MAX_PAYLOAD) {
+            send_frame(&mut s, frame::STDIN, chunk);
+        }
+        send_frame(&mut s, frame::STDIN_EOF, &[]);
+    }
+    let mut r = Relayed::default();
+    read_frames(&mut s, &mut r, |_| false);
+    r
+}
+
+fn vm_rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Pipes: stdin through to EOF, stdout and stderr apart, exit codes as a shell reports them,
+/// and output held back (not buffered without bound) while the client does not read.
+fn stream_exec_relays_stdio_and_exit_codes(mut env: Env) {
+    env.start_monitor(&[]);
+    let (id, _log, _) = env.run("sx", &["sleep", "100"]);
+    let script = "cat; echo err >&2; exit 3";
+    let r = run_to_exit(
+        &env,
+        stream_exec_req(&id, &["sh", "-c", script], true, false),
+        Some(b"hello\nworld\n"),
+    );
+    assert_eq!(
+        (r.stdout.as_slice(), r.stderr.as_slice(), r.exit),
+        (&b"hello\nworld\n"[..], &b"err\n"[..], Some(3))
+    );
+    let r = run_to_exit(&env, stream_exec_req(&id, &["true"], false, false), None);
+    assert_eq!((r.stdout.len(), r.exit), (0, Some(0)));
+    let r = run_to_exit(
+        &env,
+        stream_exec_req(&id, &["sh", "-c", "kill -9 $$"], false, false),
+        None,
+    );
+    assert_eq!(r.exit, Some(137));
+    let r = run_to_exit(
+        &env,
+        stream_exec_req(&id, &["/no/such/command"], false, false),
+        None,
+    );
+    assert_eq!(r.exit, Some(127), "{}", String::from_utf8_lossy(&r.stderr));
+    let r = run_to_exit(&env, stream_exec_req(&id, &["/etc"], false, false), None);
+    // crun 1.8 words it "Operation not permitted", left as its 255.
+    let want = if env.runtime_name == "runc" { 126 } else { 255 };
+    assert_eq!(r.exit, Some(want), "{}", String::from_utf8_lossy(&r.stderr));
+
+    // 40 MB the client does not read at first: the monitor holds back, its memory bounded.
+    let mpid = env.monitor_pid();
+    let rss_before = vm_rss_kib(mpid);
+    let mut s = stream_exec_conn(
+        &env,
+        stream_exec_req(
+            &id,
+            &["sh", "-c", "head -c 40000000 /dev/zero"],
+            false,
+            false,
+        ),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let rss = vm_rss_kib(mpid);
+    assert!(
+        rss < rss_before + 4096,
+        "monitor RSS {rss_before} KiB -> {rss} KiB"
+    );
+    let mut r = Relayed::default();
+    read_frames(&mut s, &mut r, |_| false);
+    assert_eq!((r.stdout.len(), r.exit), (40_000_000, Some(0)));
+    assert!(r.stdout.iter().all(|&b| b == 0));
+
+    let mut c = env.client();
+    c.kill(&id, 9, false).unwrap();
+    env.wait_exit(&id);
+    // Not on a container that is not running.
+    let err = stream_exec_conn(&env, stream_exec_req(&id, &["true"], false, false)).unwrap_err();
+    assert!(err.contains("FailedPrecondition"), "{err}");
+    let err =
+        stream_exec_conn(&env, stream_exec_req("nosuch", &["true"], false, false)).unwrap_err();
+    assert!(err.contains("NotFound"), "{err}");
+    c.delete(&id, false).unwrap();
+    assert_no_exec_files(&env);
+}
+
+/// A terminal the monitor allocates: the size given with the request before the process
+/// starts, a resize later, input through the terminal, the exit code.
+fn stream_exec_with_a_terminal(mut env: Env) {
+    env.start_monitor(&[]);
+    let (id, _log, _) = env.run("sxtty", &["sleep", "100"]);
+    // The runtime copies the size onto the process's terminal just after it starts: wait for
+    // it rather than read it once.
+    // crun resizes on SIGWINCH only from 1.9 (Debian 12 ships 1.8): the size at start only.
+    let wait_resize = if env.runtime_name == "runc" {
+        "until [ \"$(stty size)\" = \"30 100\" ]; do sleep 0.05; done;"
+    } else {
+        ""
+    };
+    let script = format!(
+        "tty; until [ \"$(stty size)\" = \"45 123\" ]; do sleep 0.05; done; echo sized; \
+         {wait_resize} echo resized; read line; echo \"got $line\"; exit 5"
+    );
+    let mut req = stream_exec_req(&id, &["sh", "-c", &script], true, true);
+    (req.width, req.height) = (123, 45);
+    let mut s = stream_exec_conn(&env, req).unwrap();
+    let mut r = Relayed::default();
+    let has = |r: &Relayed, what: &str| String::from_utf8_lossy(&r.stdout).contains(what);
+    read_frames(&mut s, &mut r, |r| has(r, "sized"));
+    assert!(
+        has(&r, "/dev/pts/"),
+        "{:?}",
+        String::from_utf8_lossy(&r.stdout)
+    );
+    send_frame(&mut s, frame::RESIZE, &frame::resize_payload(100, 30));
+    read_frames(&mut s, &mut r, |r| has(r, "resized"));
+    send_frame(&mut s, frame::STDIN, b"hi there\n");
+    read_frames(&mut s, &mut r, |_| false);
+    assert!(
+        has(&r, "got hi there"),
+        "{:?}",
+        String::from_utf8_lossy(&r.stdout)
+    );
+    assert_eq!(r.exit, Some(5));
+    let mut c = env.client();
+    c.kill(&id, 9, false).unwrap();
+    env.wait_exit(&id);
+    c.delete(&id, false).unwrap();
+    assert_no_exec_files(&env);
+}
+
+/// Processes whose command line is exactly `argv`.
+fn processes_with_cmdline(argv: &[&str]) -> Vec<u32> {
+    let want: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| fs::read(format!("/proc/{pid}/cmdline")).ok().as_deref() == Some(&want[..]))
+        .collect()
+}
+
+/// Live children of `ppid` running `exe` (the OCI runtime), zombies excluded.
+fn children_running(ppid: u32, exe: &Path) -> Vec<u32> {
+    use std::os::unix::ffi::OsStrExt;
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            let rest = stat.rsplit(')').next().unwrap_or("");
+            let mut f = rest.split_whitespace();
+            let (state, parent) = (f.next(), f.next().and_then(|p| p.parse::<u32>().ok()));
+            let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            parent == Some(ppid)
+                && state != Some("Z")
+                && cmd.split(|&b| b == 0).next() == Some(exe.as_os_str().as_bytes())
+        })
+        .collect()
+}
+
+fn assert_no_exec_files(env: &Env) {
+    let left: Vec<String> = fs::read_dir(&env.dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("stream-exec-"))
+        .collect();
+    assert!(left.is_empty(), "per-exec files left: {left:?}");
+}
+
+/// A number no other test run uses, for a `sleep` whose process the test looks for.
+fn marker(env: &Env, n: u32) -> String {
+    let runtime = u32::from(env.runtime_name == "crun");
+    (10_000_000 + std::process::id() * 16 + runtime * 8 + n).to_string()
+}
+
+/// A streaming exec lives as long as its client: a connection that closes (criusd's session
+/// ended, criusd died) or breaks the framing leaves no exec'd process, runtime or file.
+fn stream_exec_dies_with_its_client(mut env: Env) {
+    env.start_monitor(&[]);
+    let (id, _log, _) = env.run("sxdrop", &["sleep", "100"]);
+    let mpid = env.monitor_pid();
+    for (n, tty, hostile) in [(0, false, false), (1, true, false), (2, false, true)] {
+        let m = marker(&env, n);
+        let argv = ["sleep", m.as_str()];
+        let mut s = stream_exec_conn(&env, stream_exec_req(&id, &argv, true, tty)).unwrap();
+        assert!(
+            wait_until(Duration::from_secs(10), || !processes_with_cmdline(&argv)
+                .is_empty()),
+            "the exec never started"
+        );
+        if hostile {
+            // A frame over the size limit: the monitor drops the connection, and the exec.
+            let big = ((frame::MAX_PAYLOAD + 1) as u32).to_be_bytes();
+            s.write_all(&[frame::STDIN, big[0], big[1], big[2], big[3]])
+                .unwrap();
+            let mut r = Relayed::default();
+            read_frames(&mut s, &mut r, |_| false);
+            assert!(r.closed && r.exit.is_none());
+        }
+        drop(s);
+        assert!(
+            wait_until(Duration::from_secs(10), || processes_with_cmdline(&argv)
+                .is_empty()),
+            "the exec'd process outlived its client (tty {tty})"
+        );
+        assert!(
+            wait_until(Duration::from_secs(10), || children_running(
+                mpid,
+                &env.runtime
+            )
+            .is_empty()),
+            "the runtime outlived the exec's client"
+        );
+        assert!(wait_until(Duration::from_secs(5), || zombie_children(mpid).is_empty()));
+        assert_no_exec_files(&env);
+    }
+    // The monitor and the container are fine.
+    let mut c = env.client();
+    assert_eq!(c.state().unwrap()[0].status, ContainerStatus::Running);
+    c.kill(&id, 9, false).unwrap();
+    env.wait_exit(&id);
+    c.delete(&id, false).unwrap();
+}
+
+/// At most MAX_STREAM_EXECS at once per monitor; the next is refused, and a slot frees up
+/// when a client leaves.
+fn stream_execs_are_bounded(mut env: Env) {
+    env.start_monitor(&[]);
+    let (id, _log, _) = env.run("sxmax", &["sleep", "1000"]);
+    let m = marker(&env, 0);
+    let argv = ["sleep", m.as_str()];
+    let mut held: Vec<UnixStream> = (0..MAX_STREAM_EXECS)
+        .map(|_| stream_exec_conn(&env, stream_exec_req(&id, &argv, false, false)).unwrap())
+        .collect();
+    let refused =
+        stream_exec_conn(&env, stream_exec_req(&id, &["true"], false, false)).unwrap_err();
+    assert!(
+        refused.contains("ResourceExhausted") && refused.contains("64 streaming execs"),
+        "{refused}"
+    );
+    // ExecSync is not held up by them.
+    let mut c = env.client();
+    assert_eq!(
+        c.exec(&exec_req(&id, &["true"], 10_000)).unwrap().exit_code,
+        0
+    );
+    drop(held.pop());
+    // The slot is free once the exec it held is reaped.
+    let mut r = None;
+    assert!(wait_until(Duration::from_secs(20), || {
+        r = stream_exec_conn(&env, stream_exec_req(&id, &["true"], false, false)).ok();
+        r.is_some()
+    }));
+    let mut relayed = Relayed::default();
+    read_frames(r.as_mut().unwrap(), &mut relayed, |_| false);
+    assert_eq!(relayed.exit, Some(0));
+    drop(held);
+    assert!(
+        wait_until(Duration::from_secs(30), || processes_with_cmdline(&argv)
+            .is_empty()),
+        "exec'd processes outlived their clients"
+    );
+    c.kill(&id, 9, false).unwrap();
+    env.wait_exit(&id);
+    c.delete(&id, false).unwrap();
+    assert_no_exec_files(&env);
 }

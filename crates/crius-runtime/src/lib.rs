@@ -33,7 +33,7 @@ mod stats;
 pub use cgroups::resources_from_cri;
 pub use containers::{
     ContainerFilter, ContainerHost, ContainerManager, ContainerManagerOptions, ContainerRecord,
-    ContainerState, ExecCancel, ExecLimits, ExecOutput, ExecPlan, HostContainers, ImageInfo,
+    ContainerState, ExecCancel, ExecLimits, ExecOutput, ExecStreams, HostContainers, ImageInfo,
     ProcessUser, signal_number,
 };
 pub use crius_monitor::EXEC_OUTPUT_LIMIT;

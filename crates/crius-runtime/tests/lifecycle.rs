@@ -283,7 +283,9 @@ impl MonitorConn for FakeConn {
                 timed_out: false,
             }),
             Request::Update { .. } | Request::ReopenLog { .. } => Response::Ok,
-            Request::Attach { .. } => monitor_err(ErrorCode::Invalid, "the fake has no stdio"),
+            Request::Attach { .. } | Request::StreamExec(_) => {
+                monitor_err(ErrorCode::Invalid, "the fake has no stdio")
+            }
             Request::State => Response::State(
                 containers
                     .iter()

@@ -3,7 +3,7 @@
 mod attach;
 mod exec;
 mod port_forward;
-mod tty;
+mod session;
 
 use std::sync::Arc;
 

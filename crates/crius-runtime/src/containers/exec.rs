@@ -97,6 +97,48 @@ impl ExecCancel {
     }
 }
 
+/// What an exec inherits from its container's OCI `process`.
+pub(super) struct ContainerProcess {
+    pub user: crius_monitor::User,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub no_new_privileges: bool,
+}
+
+pub(super) fn container_process(spec: &serde_json::Value) -> ContainerProcess {
+    let p = &spec["process"];
+    let user = crius_monitor::User {
+        uid: p["user"]["uid"].as_u64().unwrap_or(0) as u32,
+        gid: p["user"]["gid"].as_u64().unwrap_or(0) as u32,
+        additional_gids: p["user"]["additionalGids"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|g| g.as_u64().map(|g| g as u32))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    let env = p["env"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    ContainerProcess {
+        user,
+        env,
+        cwd: p["cwd"]
+            .as_str()
+            .filter(|c| !c.is_empty())
+            .unwrap_or("/")
+            .to_string(),
+        no_new_privileges: p["noNewPrivileges"].as_bool().unwrap_or(false),
+    }
+}
+
 /// An exec's call may take this much longer than the exec's own timeout.
 pub(super) const EXEC_CALL_SLACK: Duration = Duration::from_secs(5);
 
@@ -138,27 +180,7 @@ impl ContainerManager {
         cancel: &ExecCancel,
     ) -> Result<ExecOutput, RuntimeError> {
         let (c, spec) = self.exec_target(id, &cmd)?;
-        let process = &spec["process"];
-        let user = crius_monitor::User {
-            uid: process["user"]["uid"].as_u64().unwrap_or(0) as u32,
-            gid: process["user"]["gid"].as_u64().unwrap_or(0) as u32,
-            additional_gids: process["user"]["additionalGids"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|g| g.as_u64().map(|g| g as u32))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        };
-        let env = process["env"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|e| e.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let process = container_process(&spec);
         let pod = self.pods.get(&c.pod_id)?;
         let _slot = self.exec_slots.acquire(&c.id)?;
         let mut monitor = self.monitor_unbounded(&pod)?;
@@ -181,12 +203,12 @@ impl ContainerManager {
             .exec(&ExecRequest {
                 id: c.id.clone(),
                 argv: cmd,
-                env,
-                cwd: process["cwd"].as_str().unwrap_or("/").to_string(),
-                user,
+                env: process.env,
+                cwd: process.cwd,
+                user: process.user,
                 tty: false,
                 timeout_ms: timeout.as_millis() as u64,
-                no_new_privileges: process["noNewPrivileges"].as_bool().unwrap_or(false),
+                no_new_privileges: process.no_new_privileges,
             })
             .map_err(|e| monitor_failed(&c.id, "exec", e))?;
         Ok(ExecOutput {

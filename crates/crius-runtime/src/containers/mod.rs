@@ -48,7 +48,7 @@ pub use exec::{ExecCancel, ExecLimits};
 pub use host::{ContainerHost, HostContainers};
 pub use lifecycle::signal_number;
 use monitor::{STATE_CALL_TIMEOUT, monitor_failed};
-pub use stream_exec::ExecPlan;
+pub use stream_exec::ExecStreams;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ContainerState {

@@ -1,67 +1,64 @@
-//! What a streaming exec needs to run `<runtime> exec` itself: the runtime binary and root,
-//! and the OCI process (the container's user, environment, working directory and
-//! no-new-privileges, with the requested command and terminal).
-//!
-//! A streaming exec is run by criusd rather than by the pod's monitor: it lives exactly as
-//! long as its client's connection to criusd, so nothing is gained by a process that
-//! survives criusd, and its stdio are the connection's pipes.
+//! What a streaming exec (CRI `Exec`) needs: the monitor request for the process (the
+//! container's user, environment, working directory and no-new-privileges, with the requested
+//! command and terminal) and a connection to the pod's monitor, which runs `<runtime> exec`
+//! and relays its stdio. The session itself (the request and its frames) is criusd's.
 
-use std::path::PathBuf;
+use std::os::unix::net::UnixStream;
+
+use crius_monitor::StreamExecRequest;
 
 use super::ContainerManager;
-use crate::error::RuntimeError;
+use super::exec::container_process;
+use crate::error::{RuntimeError, io_err};
 
-#[derive(Debug, Clone)]
-pub struct ExecPlan {
-    pub container_id: String,
-    pub pod_id: String,
-    /// The OCI runtime binary and its `--root`.
-    pub runtime: PathBuf,
-    pub runtime_root: PathBuf,
-    /// The container's bundle: per-exec files go there.
-    pub bundle: PathBuf,
-    /// The `process` object for `<runtime> exec --process`.
-    pub process: serde_json::Value,
+/// The streams a streaming exec's client has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ExecStreams {
+    pub tty: bool,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
 }
 
 impl ContainerManager {
-    /// The plan to exec `cmd` in running container `id`.
-    pub fn exec_plan(&self, id: &str, cmd: &[String], tty: bool) -> Result<ExecPlan, RuntimeError> {
+    /// The request to exec `cmd` in running container `id` and a fresh connection to its
+    /// pod's monitor to send it on; also returns the pod's id. The terminal size is the
+    /// caller's to fill in.
+    pub fn stream_exec_connection(
+        &self,
+        id: &str,
+        cmd: &[String],
+        streams: ExecStreams,
+    ) -> Result<(StreamExecRequest, String, UnixStream), RuntimeError> {
         let (c, spec) = self.exec_target(id, cmd)?;
-        let p = &spec["process"];
-        let mut user = serde_json::json!({
-            "uid": p["user"]["uid"].as_u64().unwrap_or(0),
-            "gid": p["user"]["gid"].as_u64().unwrap_or(0),
-        });
-        if let Some(g) = p["user"]["additionalGids"].as_array() {
-            user["additionalGids"] = serde_json::Value::Array(g.clone());
-        }
-        let mut env: Vec<serde_json::Value> = p["env"].as_array().cloned().unwrap_or_default();
+        let p = container_process(&spec);
+        let mut env = p.env;
         // A shell in a terminal needs TERM, as the kubelet's other runtimes set it.
-        if tty
-            && !env
-                .iter()
-                .any(|e| e.as_str().is_some_and(|e| e.starts_with("TERM=")))
-        {
+        if streams.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
             env.push("TERM=xterm".into());
         }
-        let mut process = serde_json::json!({
-            "terminal": tty,
-            "user": user,
-            "args": cmd,
-            "env": env,
-            "cwd": p["cwd"].as_str().filter(|c| !c.is_empty()).unwrap_or("/"),
-        });
-        if p["noNewPrivileges"].as_bool() == Some(true) {
-            process["noNewPrivileges"] = true.into();
-        }
-        Ok(ExecPlan {
-            container_id: c.id.clone(),
-            pod_id: c.pod_id.clone(),
-            runtime: self.runtime_path(&c.runtime_handler)?,
-            runtime_root: self.opts.runtime_root.join(&c.runtime_handler),
-            bundle: c.bundle.clone(),
-            process,
-        })
+        let req = StreamExecRequest {
+            id: c.id.clone(),
+            argv: cmd.to_vec(),
+            env,
+            cwd: p.cwd,
+            user: p.user,
+            tty: streams.tty,
+            no_new_privileges: p.no_new_privileges,
+            // A terminal carries all three; stderr is part of it.
+            stdin: streams.stdin,
+            stdout: streams.stdout,
+            stderr: streams.stderr && !streams.tty,
+            width: 0,
+            height: 0,
+        };
+        let pod = self.pods.get(&c.pod_id)?;
+        let socket = self.monitor_socket(&pod);
+        // No timeout: the session lasts as long as its client.
+        let stream = self
+            .monitor_unbounded(&pod)?
+            .cancel_handle()
+            .map_err(io_err("connecting to the pod monitor", socket))?;
+        Ok((req, c.pod_id, stream))
     }
 }

@@ -72,7 +72,7 @@ pub fn fan_out(conns: &mut [Conn], id: &str, stream: Stream, data: &[u8]) {
 }
 
 /// Writes what the socket takes now; marks the connection dead on error.
-fn send(c: &mut Conn) {
+pub fn send(c: &mut Conn) {
     while !c.wbuf.is_empty() {
         match c.stream.write(&c.wbuf) {
             Ok(n) => {
@@ -87,17 +87,6 @@ fn send(c: &mut Conn) {
             }
         }
     }
-}
-
-fn set_winsize(fd: BorrowedFd<'_>, width: u16, height: u16) {
-    let ws = libc::winsize {
-        ws_row: height,
-        ws_col: width,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer; a non-tty fd fails harmlessly.
-    unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
 }
 
 impl Monitor {
@@ -200,7 +189,7 @@ impl Monitor {
                         && let (Some((w, h)), Some(p)) =
                             (frame::parse_resize(payload), &container.stdout)
                     {
-                        set_winsize(p.fd.as_fd(), w, h);
+                        sys::set_winsize(p.fd.as_fd(), w, h);
                     }
                 }
                 k => break Err(FrameError(format!("frame kind {k} is not for the monitor"))),
@@ -292,7 +281,8 @@ impl Monitor {
     }
 
     /// Drops dead connections and closing ones whose output is sent. An attacher leaving
-    /// ends its stdin (closing a `stdin_once` container's stdin).
+    /// ends its stdin (closing a `stdin_once` container's stdin); an exec's client leaving
+    /// kills the exec'd process.
     pub fn sweep_conns(&mut self) {
         let mut i = 0;
         while i < self.conns.len() {
@@ -302,6 +292,9 @@ impl Monitor {
                 continue;
             }
             let c = self.conns.swap_remove(i);
+            if c.exec {
+                self.exec_client_gone(c.id);
+            }
             if let Some(a) = c.attach
                 && a.stdin
                 && !a.stdin_done

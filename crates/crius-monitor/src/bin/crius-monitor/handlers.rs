@@ -137,6 +137,7 @@ impl Monitor {
                 stdout,
                 stderr,
             } => Err(self.attach(conn, &id, stdin, stdout, stderr)),
+            Request::StreamExec(r) => Err(self.stream_exec(conn, r)),
             Request::State => Err(Response::State(
                 self.containers.iter().map(Container::state).collect(),
             )),

@@ -12,6 +12,7 @@ mod jobs;
 mod log_writer;
 mod runtime;
 mod server;
+mod stream_exec;
 mod sys;
 
 use std::ffi::OsString;

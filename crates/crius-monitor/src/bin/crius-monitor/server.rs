@@ -31,6 +31,15 @@ pub struct Conn {
     pub closing: bool,
     /// Close at the next sweep (broken, hostile, or an attacher too slow to keep up).
     pub dead: bool,
+    /// The connection runs a streaming exec (it carries frames, no more lines).
+    pub exec: bool,
+}
+
+impl Conn {
+    /// Carries frames (attach or streaming exec) rather than request lines.
+    pub fn framed(&self) -> bool {
+        self.attach.is_some() || self.exec
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -42,6 +51,8 @@ enum Source {
     Capture(RawFd),
     Console(i32),
     Stdin(RawFd),
+    ExecOut(RawFd),
+    ExecIn(RawFd),
 }
 
 pub struct Options {
@@ -59,12 +70,14 @@ pub struct Monitor {
     next_conn: u64,
     pub containers: Vec<Container>,
     pub jobs: Vec<Job>,
+    /// Streaming execs in flight (see `stream_exec.rs`).
+    pub execs: Vec<crate::stream_exec::StreamExec>,
     pub recent_exits: RecentExits,
     /// Shutdown requested: `Some(true)` = right away, `Some(false)` = once nothing is alive.
     pub shutdown: Option<bool>,
     pub had_container: bool,
     pub seq: u64,
-    buf: Box<[u8]>,
+    pub buf: Box<[u8]>,
     scratch: Vec<u8>,
 }
 
@@ -79,6 +92,7 @@ impl Monitor {
             next_conn: 0,
             containers: Vec::new(),
             jobs: Vec::new(),
+            execs: Vec::new(),
             recent_exits: RecentExits::new(),
             shutdown: None,
             had_container: false,
@@ -107,8 +121,10 @@ impl Monitor {
                 }
             }
             self.expire_jobs();
+            self.expire_execs();
             self.sweep_conns();
         }
+        self.kill_all_execs();
         // Best effort: answer whoever is still waiting (e.g. the shutdown request itself).
         for c in &mut self.conns {
             let _ = c.stream.set_nonblocking(false);
@@ -121,12 +137,17 @@ impl Monitor {
     fn should_exit(&self) -> bool {
         match self.shutdown {
             Some(true) => true,
-            Some(false) => self.jobs.is_empty() && !self.containers.iter().any(|c| c.alive()),
+            Some(false) => {
+                self.jobs.is_empty()
+                    && self.execs.is_empty()
+                    && !self.containers.iter().any(|c| c.alive())
+            }
             None => {
                 self.opts.exit_when_empty
                     && self.had_container
                     && self.containers.is_empty()
                     && self.jobs.is_empty()
+                    && self.execs.is_empty()
             }
         }
     }
@@ -175,10 +196,25 @@ impl Monitor {
                 add(fd.as_raw_fd(), libc::POLLOUT, Source::Stdin(fd.as_raw_fd()));
             }
         }
+        for e in &self.execs {
+            let lags = self
+                .conns
+                .iter()
+                .find(|c| c.id == e.conn)
+                .is_none_or(|c| c.wbuf.len() >= crate::stream_exec::MAX_OUT_QUEUE);
+            e.poll_fds(lags, &mut |fd, input| {
+                if input {
+                    add(fd, libc::POLLOUT, Source::ExecIn(fd));
+                } else {
+                    add(fd, libc::POLLIN, Source::ExecOut(fd));
+                }
+            });
+        }
         for c in &self.conns {
             let mut ev = libc::POLLIN;
-            // An attacher's input waits while the container does not take it (bounded).
-            if c.attach.is_some() && (c.closing || c.rbuf.len() >= crate::attach::MAX_RBUF) {
+            // A framed connection's input waits while the container or exec'd process does
+            // not take it (bounded).
+            if c.framed() && (c.closing || c.rbuf.len() >= crate::attach::MAX_RBUF) {
                 ev = 0;
             }
             if !c.wbuf.is_empty() {
@@ -200,6 +236,7 @@ impl Monitor {
             .filter(|j| !j.timed_out)
             .filter_map(|j| j.deadline)
             .map(|d| d.saturating_duration_since(now).as_millis().min(60_000) as libc::c_int + 1)
+            .chain(self.exec_timeout())
             .min()
             .unwrap_or(-1)
     }
@@ -222,6 +259,8 @@ impl Monitor {
             }
             Source::Console(pid) => self.on_console(pid),
             Source::Stdin(fd) => self.on_stdin_writable(fd),
+            Source::ExecOut(fd) => self.on_exec_output(fd),
+            Source::ExecIn(fd) => self.on_exec_input_writable(fd),
         }
     }
 
@@ -242,6 +281,7 @@ impl Monitor {
                         attach: None,
                         closing: false,
                         dead: false,
+                        exec: false,
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -266,6 +306,14 @@ impl Monitor {
         if let Some(i) = self.jobs.iter().position(|j| j.pid == pid) {
             let job = self.jobs.swap_remove(i);
             self.finish_job(job, code);
+            return;
+        }
+        if let Some(i) = self
+            .execs
+            .iter()
+            .position(|e| e.pid == pid && e.exit().is_none())
+        {
+            self.on_exec_reaped(i, code);
             return;
         }
         if let Some(i) = self
@@ -334,7 +382,7 @@ impl Monitor {
             return;
         }
         let c = &mut self.conns[i];
-        if c.attach.is_some() && (c.closing || c.rbuf.len() >= crate::attach::MAX_RBUF) {
+        if c.framed() && (c.closing || c.rbuf.len() >= crate::attach::MAX_RBUF) {
             // Not reading (see poll_set); a hangup still ends the attacher.
             if revents & (libc::POLLHUP | libc::POLLERR) != 0 {
                 c.dead = true;
@@ -342,10 +390,15 @@ impl Monitor {
             return;
         }
         loop {
-            if c.attach.is_some() && c.rbuf.len() >= crate::attach::MAX_RBUF {
+            if c.framed() && c.rbuf.len() >= crate::attach::MAX_RBUF {
                 break;
             }
             match c.stream.read(&mut self.buf) {
+                Ok(0) if c.exec => {
+                    // The exec's client is gone: the sweep kills its process.
+                    c.dead = true;
+                    return;
+                }
                 Ok(0) if c.attach.is_some() => {
                     // What the attacher sent before leaving still goes to the container.
                     self.process_frames(id, true);
@@ -370,7 +423,7 @@ impl Monitor {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) if c.attach.is_some() => {
+                Err(_) if c.framed() => {
                     c.dead = true;
                     return;
                 }
@@ -381,7 +434,9 @@ impl Monitor {
                 }
             }
         }
-        if self.conns[i].attach.is_some() {
+        if self.conns[i].exec {
+            self.process_exec_frames(id);
+        } else if self.conns[i].attach.is_some() {
             self.process_frames(id, false);
         } else {
             self.process_lines(id);
@@ -417,8 +472,12 @@ impl Monitor {
             match self.handle_line(&line, id) {
                 Some(resp) => {
                     self.respond(id, &resp);
+                    // The rest of the connection is frames.
+                    if self.conns.iter().any(|c| c.id == id && c.exec) {
+                        self.process_exec_frames(id);
+                        return;
+                    }
                     if self.conns.iter().any(|c| c.id == id && c.attach.is_some()) {
-                        // The rest of the connection is frames.
                         self.process_frames(id, false);
                         return;
                     }
@@ -453,8 +512,9 @@ impl Monitor {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-                Err(_) if c.attach.is_some() => {
-                    // Removed by the sweep, which also ends the attacher's stdin.
+                Err(_) if c.framed() => {
+                    // Removed by the sweep, which also ends the attacher's stdin (or kills
+                    // the exec).
                     c.dead = true;
                     c.wbuf.clear();
                     return false;

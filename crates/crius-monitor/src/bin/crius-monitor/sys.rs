@@ -220,3 +220,39 @@ pub fn tune_malloc() {
         libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
     }
 }
+
+/// A new pty pair `(master, slave)`, both close-on-exec so that only the process given the
+/// slave as its stdio holds it (the master then reads EIO once that process is gone).
+pub fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: out pointers to two ints; name, termios and winsize may be null.
+    cvt(unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            ptr::null_mut(),
+            ptr::null(),
+            ptr::null(),
+        )
+    })?;
+    // SAFETY: openpty succeeded: both fds are open and ours alone.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    // Single-threaded: no other thread can fork between openpty and these.
+    for fd in [&master, &slave] {
+        // SAFETY: plain fcntl on an open fd.
+        cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) })?;
+    }
+    Ok((master, slave))
+}
+
+/// Sets a terminal's size (through its master); a non-tty fd fails harmlessly.
+pub fn set_winsize(fd: BorrowedFd<'_>, width: u16, height: u16) {
+    let ws = libc::winsize {
+        ws_row: height,
+        ws_col: width,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
+    unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+}
