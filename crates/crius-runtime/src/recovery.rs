@@ -29,7 +29,7 @@ use std::time::Duration;
 use crius_cgroups::CgroupManager;
 use crius_monitor::{ForeignRuntime, MonitorClient, MonitorConn};
 use crius_sandbox::PinnedNamespaces;
-use crius_state::{read_json, write_json};
+use crius_state::read_json;
 use k8s_cri::v1::PodSandboxConfig;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -83,7 +83,14 @@ pub(crate) fn intent_path(dir: &Path, id: &str) -> PathBuf {
 
 /// Writes an intent atomically; the caller's first side effect comes after this.
 pub(crate) fn write_intent<T: Serialize>(dir: &Path, id: &str, v: &T) -> Result<(), RuntimeError> {
-    write_json(&intent_path(dir, id), v)?;
+    // Not fsynced: an intent guards against a crash of criusd; after a power loss its
+    // side effects (mounts, processes, netns) are gone, and the start sweep removes the
+    // directories no record owns.
+    let data = serde_json::to_vec(v).map_err(|e| RuntimeError::Invalid {
+        field: "intent".into(),
+        message: e.to_string(),
+    })?;
+    crius_state::atomic_write_volatile(&intent_path(dir, id), &data)?;
     Ok(())
 }
 

@@ -61,6 +61,17 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Sta
 
 /// Replaces `path` with `data` atomically and durably.
 pub fn atomic_write(path: &Path, data: &[u8]) -> Result<(), StateError> {
+    write_and_rename(path, data, true)
+}
+
+/// [`atomic_write`] without the fsyncs: whole or absent after a crash of the process, but
+/// not after a power loss. For files that only matter while the host stays up (intent
+/// records, whose side effects a reboot undoes anyway; a bundle's spec).
+pub fn atomic_write_volatile(path: &Path, data: &[u8]) -> Result<(), StateError> {
+    write_and_rename(path, data, false)
+}
+
+fn write_and_rename(path: &Path, data: &[u8], durable: bool) -> Result<(), StateError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -78,9 +89,14 @@ pub fn atomic_write(path: &Path, data: &[u8]) -> Result<(), StateError> {
             .mode(0o600)
             .open(&tmp)?;
         f.write_all(data)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
         fs::rename(&tmp, path)?;
-        fsync_dir(dir)
+        if durable {
+            fsync_dir(dir)?;
+        }
+        Ok(())
     };
     write().map_err(|e| {
         let _ = fs::remove_file(&tmp);

@@ -212,7 +212,8 @@ impl ContainerManager {
         })?;
         let spec_json =
             serde_json::to_vec_pretty(&spec).map_err(|e| invalid("spec", e.to_string()))?;
-        crius_state::atomic_write(&bundle.join("config.json"), &spec_json)?;
+        // The bundle matters only while the host is up (a reboot loses the runtime's state).
+        crius_state::atomic_write_volatile(&bundle.join("config.json"), &spec_json)?;
         crate::recovery::crash_point("container.spec");
 
         if let Some(parent) = log_path.parent().filter(|p| !p.as_os_str().is_empty()) {

@@ -309,7 +309,7 @@ impl ContainerManager {
             // The runtime reads the new limits from a file in the bundle (root's only).
             let file = c.bundle.join("resources.json");
             let json = serde_json::to_vec(&oci).map_err(|e| invalid("resources", e.to_string()))?;
-            crius_state::atomic_write(&file, &json)?;
+            crius_state::atomic_write_volatile(&file, &json)?;
             let pod = self.pods.get(&c.pod_id)?;
             let updated = self
                 .monitor(&pod)?
@@ -358,7 +358,7 @@ impl ContainerManager {
             .map_or(oom_score_adj, |f| oom_score_adj.max(f));
         spec["process"]["oomScoreAdj"] = adj.into();
         let bytes = serde_json::to_vec_pretty(&spec).map_err(json)?;
-        crius_state::atomic_write(&path, &bytes)?;
+        crius_state::atomic_write_volatile(&path, &bytes)?;
         Ok(())
     }
 
