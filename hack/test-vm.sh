@@ -23,6 +23,8 @@
 #   VM_KEEP=1 keeps the work dir (console logs) for debugging,
 #   VM_TESTS="containers;stats stats_of_known_loads_runc" replaces every stage's test list
 #   (entries split by ';': a test binary's name, then its filter and libtest flags),
+#   VM_GUEST_SCRIPT=FILE runs FILE in the guest before the tests (as root, in the results
+#   share's directory; its output lands in guest-script.log there: keep it with VM_KEEP=1),
 #   VM_RETRY=0 reports a failure at once (default: failed tests run once more, alone, and the
 #   retry is shown in the summary: TCG on a loaded host can outrun a test's own timeouts).
 set -euo pipefail
@@ -39,7 +41,7 @@ while (($#)); do
   --stages) stages=$2; shift ;;
   --stages=*) stages=${1#--stages=} ;;
   --no-build) build=0 ;;
-  -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
+  -h | --help) sed -n '2,28p' "$0"; exit 0 ;;
   *) echo "test-vm.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -149,6 +151,7 @@ run_stage() {
   local out=$work/out-$name
   mkdir -p "$out"
   cp hack/vm/guest-run.sh "$out/"
+  [[ -n ${VM_GUEST_SCRIPT:-} ]] && install -m 0755 "$VM_GUEST_SCRIPT" "$out/guest-script.sh"
   {
     echo "REPO=$repo"
     echo "CRIUS_TEST_CGROUP_DRIVER=$driver"
@@ -226,6 +229,22 @@ run_stage() {
         tail -n 200 "$f" | sed 's/^/  | /'
       fi
     done
+    # What the guest saw after the failed tests, and the daemon's and the monitors' logs of
+    # each failed test (crius-testkit keeps them, hack/vm/guest-run.sh brings them back).
+    for f in "$out"/*.state.txt; do
+      [[ -f $f ]] || continue
+      echo "--- stage $name: system state after $(basename "$f" .state.txt)"
+      sed 's/^/  | /' "$f"
+    done
+    if [[ -d $out/logs ]]; then
+      while read -r f; do
+        local n=80
+        [[ $(basename "$f") == criusd.log ]] || n=40
+        echo "--- stage $name: ${f#"$out"/logs/} (last $n lines)"
+        # Without the colours of tracing's output.
+        tail -n "$n" "$f" | sed 's/\x1b\[[0-9;]*m//g; s/^/  | /'
+      done < <(find "$out/logs" -path '*.first-try' -prune -o -type f -name '*.log' -print | sort)
+    fi
     return 1
   fi
   stage_result[$name]="OK (${secs}s)"
