@@ -124,6 +124,44 @@ pub(crate) fn set_oom_score_adj(
     Ok(n)
 }
 
+/// SIGKILLs every process in a container's cgroup, as the pids (else memory) hierarchy lists
+/// them; returns how many were signalled. runc's `kill --all` is not enough on cgroup v1 with
+/// its systemd driver: it lists the processes in the devices hierarchy only, and systemd can
+/// leave a new scope's processes in its slice's devices cgroup (when it creates the slices
+/// with the scope), so runc finds none and signals nothing.
+pub(crate) fn kill_processes(cg: &dyn CgroupManager, container_dir: &str) -> usize {
+    let h = cg.hierarchy();
+    let Some((dir, _)) = h
+        .dir("pids", container_dir)
+        .or_else(|| h.dir("memory", container_dir))
+    else {
+        return 0;
+    };
+    let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) else {
+        return 0;
+    };
+    let n = procs
+        .lines()
+        .filter_map(|l| l.trim().parse::<i32>().ok())
+        .filter(|&pid| pid > 0)
+        .filter(|&pid| {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .is_ok()
+        })
+        .count();
+    if n > 0 {
+        debug!(
+            cgroup = container_dir,
+            processes = n,
+            "killed what the runtime's kill left"
+        );
+    }
+    n
+}
+
 /// Container limits this host can apply: values in range, `unified` only on cgroup v2 (runc
 /// and crun would fail later with a less clear message, or drop it).
 pub(crate) fn check_resources(

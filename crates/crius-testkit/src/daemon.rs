@@ -346,6 +346,13 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
         let Some(dir) = self.dir.take() else { return };
+        // After the kill (the log is complete), before anything is removed.
+        if let Some(dest) = crate::keep_logs::dest_for_current_test() {
+            let state = dir.path().join(&self.opts.state_name);
+            if let Err(e) = crate::keep_logs::copy_daemon_logs(dir.path(), &state, &dest) {
+                eprintln!("crius-testkit: keeping logs in {}: {e}", dest.display());
+            }
+        }
         // Containers, shims and the like started by the daemon.
         for p in crate::cleanup::processes_referring_to(dir.path()) {
             let _ = nix::sys::signal::kill(

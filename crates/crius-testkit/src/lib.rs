@@ -29,6 +29,7 @@
 pub mod cleanup;
 pub mod daemon;
 pub mod image;
+pub mod keep_logs;
 pub mod proxy;
 pub mod push;
 pub mod registry;

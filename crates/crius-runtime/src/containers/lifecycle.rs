@@ -220,6 +220,10 @@ impl ContainerManager {
             }
         }
         kill(libc::SIGKILL, true);
+        // What the runtime's `kill --all` can miss (cgroup v1 with systemd, see the function).
+        if let Some(dir) = cgroups::container_dir(&self.pods, &pod, &c.id) {
+            crate::cgroups::kill_processes(self.pods.cgroups().as_ref(), &dir);
+        }
         if !self.wait_exit(&c.id, Duration::from_secs(10))? {
             return Err(RuntimeError::Monitor {
                 id: c.id.clone(),

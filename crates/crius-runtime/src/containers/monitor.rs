@@ -156,6 +156,10 @@ impl ContainerManager {
                             self.foreign(&c).map_err(std::io::Error::other)?,
                         )
                     });
+                // What the runtime's `kill --all` can miss (cgroup v1 with systemd).
+                if let Some(dir) = cgroups::container_dir(&self.pods, pod, &c.id) {
+                    crate::cgroups::kill_processes(self.pods.cgroups().as_ref(), &dir);
+                }
                 let gone = crius_proc::poll_until(
                     Duration::from_secs(5),
                     Duration::from_millis(20),
