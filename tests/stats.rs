@@ -9,7 +9,8 @@ use anyhow::{Context as _, Result, ensure};
 use common::pods::*;
 use k8s_cri::v1::{
     ContainerStats, ContainerStatsFilter, ContainerStatsRequest, ListContainerStatsRequest,
-    ListPodSandboxStatsRequest, PodSandboxStatsFilter, PodSandboxStatsRequest,
+    ListPodSandboxMetricsRequest, ListPodSandboxStatsRequest, PodSandboxStatsFilter,
+    PodSandboxStatsRequest,
 };
 use tonic::Code;
 
@@ -257,6 +258,72 @@ async fn stats_of_known_loads_runc() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_of_known_loads_crun() -> Result<()> {
     stats_of_known_loads("crun").await
+}
+
+/// ListPodSandboxMetrics reads the same samples as the stats RPCs: called just before them it
+/// must not leave them a window of a few milliseconds, over which CPU accounting (updated at
+/// scheduler ticks) reads 0 or several cores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nano_cores_hold_when_metrics_and_stats_calls_alternate() -> Result<()> {
+    let pod = pod_with_busybox("runc").await?;
+    let burn = pod
+        .run("burn", &["sh", "-c", "while :; do :; done"])
+        .await?;
+    let pid = pod.pid_of(&burn).await?;
+    let mut rt = pod.env.daemon.runtime().await?;
+    let truth0 = (Instant::now(), cpu_ns_of(pid)?);
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        rt.list_pod_sandbox_metrics(ListPodSandboxMetricsRequest {})
+            .await?;
+        let containers = rt
+            .list_container_stats(ListContainerStatsRequest { filter: None })
+            .await?
+            .into_inner()
+            .stats;
+        rt.list_pod_sandbox_metrics(ListPodSandboxMetricsRequest {})
+            .await?;
+        let pods = rt
+            .list_pod_sandbox_stats(ListPodSandboxStatsRequest { filter: None })
+            .await?
+            .into_inner()
+            .stats;
+        let c = containers
+            .iter()
+            .find(|s| s.attributes.as_ref().is_some_and(|a| a.id == burn))
+            .context("burn listed")?;
+        let p = pods
+            .iter()
+            .find(|s| s.attributes.as_ref().is_some_and(|a| a.id == pod.pod_id))
+            .and_then(|p| p.linux.as_ref())
+            .context("pod listed")?;
+        let cores = |cpu: Option<&k8s_cri::v1::CpuUsage>| {
+            cpu.and_then(|c| c.usage_nano_cores.as_ref())
+                .map(|n| n.value as f64 / 1e9)
+        };
+        // A first sample has no rate yet.
+        if let (Some(c), Some(p)) = (cores(c.cpu.as_ref()), cores(p.cpu.as_ref())) {
+            seen.push((c, p));
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    let truth1 = (Instant::now(), cpu_ns_of(pid)?);
+    let truth = (truth1.1 - truth0.1) as f64 / (truth1.0 - truth0.0).as_nanos() as f64;
+    ensure!(seen.len() >= 6, "only {} rates: {seen:?}", seen.len());
+    // One core on an idle machine; on a busy one, near what the process got over the run.
+    let (low, high) = if truth >= 0.9 {
+        (0.9, 1.1)
+    } else {
+        (truth - 0.25, truth + 0.25)
+    };
+    for (c, p) in &seen {
+        assert!(
+            (low..=high).contains(c) && (low..=high).contains(p),
+            "container and pod cores {seen:?}, the process used {truth:.3}"
+        );
+    }
+    drop(rt);
+    pod.teardown().await
 }
 
 fn chrono_now() -> i64 {

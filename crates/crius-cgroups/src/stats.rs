@@ -1,8 +1,13 @@
 //! The usage of one cgroup, as the kubelet's summary API reads it (cadvisor's definitions):
 //! working set = usage − inactive file pages.
 
-use std::io;
-use std::path::Path;
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use crate::Hierarchy;
 
@@ -47,87 +52,158 @@ impl MemoryStats {
 }
 
 /// Reads the stats of cgroup `rel` (relative to the hierarchy roots, e.g. `/crius/<pod>`).
+///
+/// Each controller's directory is opened once and its files relative to it: walking the long
+/// cgroupfs path once per file was most of the cost of a read (every component is revalidated).
 pub fn read_stats(h: &Hierarchy, rel: &str) -> CgroupStats {
-    let (user, system) = cpu_split(h, rel).unwrap_or_default();
-    let pids_dir = h.dir("pids", rel);
+    let mut opened: Vec<(PathBuf, Dir)> = Vec::with_capacity(3);
+    let mut dir = |controller: &str| -> Option<(Dir, bool)> {
+        let (path, v2) = h.dir(controller, rel)?;
+        if let Some((_, d)) = opened.iter().find(|(p, _)| *p == path) {
+            return Some((d.clone(), v2));
+        }
+        let d = Dir::open(&path)?;
+        opened.push((path, d.clone()));
+        Some((d, v2))
+    };
+    let cpu = dir("cpuacct").and_then(|(d, v2)| cpu(&d, v2));
+    let memory = dir("memory").and_then(|(d, v2)| memory(&d, v2).ok());
+    let pids = dir("pids");
+    let (usage, user, system) = cpu.unwrap_or_default();
     CgroupStats {
-        cpu_usage_ns: cpu(h, rel).ok().flatten(),
+        cpu_usage_ns: usage,
         cpu_user_ns: user,
         cpu_system_ns: system,
-        memory: memory(h, rel).ok().flatten(),
-        pids: pids_dir
+        memory,
+        pids: pids
             .as_ref()
-            .and_then(|(d, _)| read_u64(&d.join("pids.current")).ok()),
-        processes: pids_dir.and_then(|(d, _)| {
-            let procs = std::fs::read_to_string(d.join("cgroup.procs")).ok()?;
+            .and_then(|(d, _)| read_u64(d, "pids.current").ok()),
+        processes: pids.and_then(|(d, _)| {
+            let procs = d.read("cgroup.procs").ok()?;
             Some(procs.lines().filter(|l| !l.trim().is_empty()).count() as u64)
         }),
     }
 }
 
+/// An open cgroup directory (`O_PATH`), shared by the controllers mounted together.
+#[derive(Clone)]
+struct Dir {
+    fd: Rc<OwnedFd>,
+    path: Rc<PathBuf>,
+}
+
+impl Dir {
+    fn open(path: &Path) -> Option<Dir> {
+        let c = CString::new(path.as_os_str().as_bytes()).ok()?;
+        // SAFETY: a valid C string; the fd returned is owned below.
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        // SAFETY: a fresh fd that nothing else owns.
+        (fd >= 0).then(|| Dir {
+            fd: Rc::new(unsafe { OwnedFd::from_raw_fd(fd) }),
+            path: Rc::new(path.to_path_buf()),
+        })
+    }
+
+    /// The text of file `name` in this directory (read without a stat: cgroupfs sizes are 0
+    /// or 4096 anyway).
+    fn read(&self, name: &str) -> io::Result<String> {
+        let c = CString::new(name)?;
+        // SAFETY: a valid directory fd and C string; the fd returned is owned below.
+        let fd = unsafe {
+            libc::openat(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd that nothing else owns.
+        let mut file = unsafe { File::from_raw_fd(fd) };
+        let mut out = Vec::with_capacity(512);
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = file.read(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&chunk[..n]);
+            if out.len() > MAX_FILE {
+                return Err(self.invalid(name, "too large"));
+            }
+        }
+        String::from_utf8(out).map_err(|_| self.invalid(name, "not UTF-8"))
+    }
+
+    fn invalid(&self, name: &str, what: &str) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: {what}", self.path.join(name).display()),
+        )
+    }
+}
+
+/// The most bytes read from one cgroup file (`cgroup.procs` of a huge cgroup is the largest).
+const MAX_FILE: usize = 16 << 20;
+
 /// v1 `cpuacct.stat` counts in USER_HZ ticks, which Linux fixes at 100 per second.
 const USER_HZ_NS: u64 = 10_000_000;
 
-/// User and system CPU time, nanoseconds: v2 `cpu.stat`; v1 `cpuacct.usage_user`/`_sys`
-/// (nanoseconds, kernels since 4.7), else `cpuacct.stat` (ticks).
-fn cpu_split(h: &Hierarchy, rel: &str) -> Option<(Option<u64>, Option<u64>)> {
-    let (dir, v2) = h.dir("cpuacct", rel)?;
+/// Total, user and system CPU time, nanoseconds: v2 `cpu.stat`; v1 `cpuacct.usage` with
+/// `cpuacct.usage_user`/`_sys` (nanoseconds, kernels since 4.7), else `cpuacct.stat` (ticks).
+#[allow(clippy::type_complexity)]
+fn cpu(dir: &Dir, v2: bool) -> Option<(Option<u64>, Option<u64>, Option<u64>)> {
     if v2 {
-        let stat = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
+        let stat = dir.read("cpu.stat").ok()?;
         let us = |k| key(&stat, k).map(|us| us * 1000);
-        return Some((us("user_usec"), us("system_usec")));
+        return Some((us("usage_usec"), us("user_usec"), us("system_usec")));
     }
+    let usage = read_u64(dir, "cpuacct.usage").ok();
     if let (Ok(u), Ok(s)) = (
-        read_u64(&dir.join("cpuacct.usage_user")),
-        read_u64(&dir.join("cpuacct.usage_sys")),
+        read_u64(dir, "cpuacct.usage_user"),
+        read_u64(dir, "cpuacct.usage_sys"),
     ) {
-        return Some((Some(u), Some(s)));
+        return Some((usage, Some(u), Some(s)));
     }
-    let stat = std::fs::read_to_string(dir.join("cpuacct.stat")).ok()?;
-    let ns = |k| key(&stat, k).map(|t| t * USER_HZ_NS);
-    Some((ns("user"), ns("system")))
-}
-
-fn cpu(h: &Hierarchy, rel: &str) -> io::Result<Option<u64>> {
-    let Some((dir, v2)) = h.dir("cpuacct", rel) else {
-        return Ok(None);
+    let Ok(stat) = dir.read("cpuacct.stat") else {
+        return Some((usage, None, None));
     };
-    if v2 {
-        let stat = std::fs::read_to_string(dir.join("cpu.stat"))?;
-        Ok(key(&stat, "usage_usec").map(|us| us * 1000))
-    } else {
-        read_u64(&dir.join("cpuacct.usage")).map(Some)
-    }
+    let ns = |k| key(&stat, k).map(|t| t * USER_HZ_NS);
+    Some((usage, ns("user"), ns("system")))
 }
 
 /// v1 memory.limit_in_bytes reports "unlimited" as the largest page-aligned i64.
 const V1_UNLIMITED: u64 = 1 << 62;
 
-fn memory(h: &Hierarchy, rel: &str) -> io::Result<Option<MemoryStats>> {
-    let Some((dir, v2)) = h.dir("memory", rel) else {
-        return Ok(None);
-    };
-    let stat = std::fs::read_to_string(dir.join("memory.stat"))?;
+fn memory(dir: &Dir, v2: bool) -> io::Result<MemoryStats> {
+    let stat = dir.read("memory.stat")?;
     let get = |k: &str| key(&stat, k).unwrap_or(0);
     let m = if v2 {
-        let usage = read_u64(&dir.join("memory.current"))?;
+        let usage = read_u64(dir, "memory.current")?;
         MemoryStats {
             usage,
             working_set: usage.saturating_sub(get("inactive_file")),
             rss: get("anon"),
             page_faults: get("pgfault"),
             major_page_faults: get("pgmajfault"),
-            limit: read_limit(&dir.join("memory.max")),
-            swap_usage: read_u64(&dir.join("memory.swap.current")).ok(),
+            limit: read_limit(dir, "memory.max"),
+            swap_usage: read_u64(dir, "memory.swap.current").ok(),
             cache: get("file"),
             // v2 has no failcnt; the times usage hit memory.max is the same count.
-            failcnt: std::fs::read_to_string(dir.join("memory.events"))
+            failcnt: dir
+                .read("memory.events")
                 .ok()
                 .and_then(|e| key(&e, "max"))
                 .unwrap_or(0),
         }
     } else {
-        let usage = read_u64(&dir.join("memory.usage_in_bytes"))?;
+        let usage = read_u64(dir, "memory.usage_in_bytes")?;
         // `total_*` counts the whole subtree (a pod cgroup's containers), hierarchy on.
         MemoryStats {
             usage,
@@ -135,32 +211,29 @@ fn memory(h: &Hierarchy, rel: &str) -> io::Result<Option<MemoryStats>> {
             rss: get("total_rss"),
             page_faults: get("total_pgfault"),
             major_page_faults: get("total_pgmajfault"),
-            limit: read_u64(&dir.join("memory.limit_in_bytes"))
+            limit: read_u64(dir, "memory.limit_in_bytes")
                 .ok()
                 .filter(|l| *l < V1_UNLIMITED),
-            swap_usage: read_u64(&dir.join("memory.memsw.usage_in_bytes"))
+            swap_usage: read_u64(dir, "memory.memsw.usage_in_bytes")
                 .ok()
                 .map(|memsw| memsw.saturating_sub(usage)),
             cache: get("total_cache"),
-            failcnt: read_u64(&dir.join("memory.failcnt")).unwrap_or(0),
+            failcnt: read_u64(dir, "memory.failcnt").unwrap_or(0),
         }
     };
-    Ok(Some(m))
+    Ok(m)
 }
 
-fn read_u64(path: &Path) -> io::Result<u64> {
-    let text = std::fs::read_to_string(path)?;
-    text.trim().parse().map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{}: not a number: {:?}", path.display(), text.trim()),
-        )
-    })
+fn read_u64(dir: &Dir, name: &str) -> io::Result<u64> {
+    let text = dir.read(name)?;
+    text.trim()
+        .parse()
+        .map_err(|_| dir.invalid(name, &format!("not a number: {:?}", text.trim())))
 }
 
 /// A v2 limit file: a number, or "max".
-fn read_limit(path: &Path) -> Option<u64> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+fn read_limit(dir: &Dir, name: &str) -> Option<u64> {
+    dir.read(name).ok()?.trim().parse().ok()
 }
 
 /// `key value` lines (memory.stat, cpu.stat).

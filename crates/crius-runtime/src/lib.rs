@@ -29,6 +29,7 @@ mod rollback;
 mod rootfs;
 mod runtime;
 mod stats;
+mod stats_net;
 
 pub use cgroups::resources_from_cri;
 pub use containers::{

@@ -1,5 +1,6 @@
 //! Stats and events benchmark (hack/bench-stats.sh): ListPodSandboxStats p50/p99 over N pods
-//! (each with one sleeping container), and RunPodSandbox p50 without and with a
+//! (each with one sleeping container) back to back and spaced beyond the daemon's sample
+//! lifetime, ListContainerStats back to back, and RunPodSandbox p50 without and with a
 //! GetContainerEvents consumer that never reads. Prints numbers; asserts nothing.
 
 #![allow(clippy::print_stdout)]
@@ -11,13 +12,15 @@ use anyhow::{Result, bail};
 use crius_testkit::{Daemon, DaemonOptions, Registry, image, mirror_config, push_image};
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, CreateContainerRequest, GetEventsRequest, ImageSpec,
-    ListPodSandboxStatsRequest, PodSandboxConfig, PodSandboxMetadata, PullImageRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
+    ListContainerStatsRequest, ListPodSandboxStatsRequest, PodSandboxConfig, PodSandboxMetadata,
+    PullImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StopPodSandboxRequest,
 };
 
 fn usage() -> ! {
     eprintln!(
-        "usage: crius-bench-stats --criusd <path> [--pods N] [--lists N] [--runs N] [--runtime runc|crun]"
+        "usage: crius-bench-stats --criusd <path> [--pods N] [--lists N] [--spaced N] [--runs N] \
+         [--runtime runc|crun]"
     );
     std::process::exit(2)
 }
@@ -37,6 +40,24 @@ fn pod_config(prefix: &str, i: usize) -> PodSandboxConfig {
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[idx.min(sorted.len() - 1)]
+}
+
+/// `line` without terminal colour sequences.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn ms(d: Duration) -> String {
@@ -72,7 +93,7 @@ async fn run_pods(d: &Daemon, runtime: &str, prefix: &str, n: usize) -> Result<V
 #[tokio::main]
 async fn main() -> Result<()> {
     let mut criusd = std::env::var_os("CRIUSD").map(PathBuf::from);
-    let (mut pods, mut lists, mut runs) = (100usize, 200usize, 30usize);
+    let (mut pods, mut lists, mut runs, mut spaced) = (100usize, 200usize, 30usize, 20usize);
     let mut runtime = "runc".to_string();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -82,6 +103,7 @@ async fn main() -> Result<()> {
             "--pods" => pods = value().parse().unwrap_or_else(|_| usage()),
             "--lists" => lists = value().parse().unwrap_or_else(|_| usage()),
             "--runs" => runs = value().parse().unwrap_or_else(|_| usage()),
+            "--spaced" => spaced = value().parse().unwrap_or_else(|_| usage()),
             "--runtime" => runtime = value(),
             _ => usage(),
         }
@@ -173,10 +195,70 @@ async fn main() -> Result<()> {
     }
     times.sort();
     println!(
-        "ListPodSandboxStats over {pods} pods ({lists} calls): p50 {}  p99 {}",
+        "ListPodSandboxStats over {pods} pods ({lists} calls back to back): p50 {}  p99 {}",
         ms(percentile(&times, 0.5)),
         ms(percentile(&times, 0.99))
     );
+    let mut times = Vec::with_capacity(lists);
+    for _ in 0..lists {
+        let start = Instant::now();
+        rt.list_container_stats(ListContainerStatsRequest { filter: None })
+            .await?;
+        times.push(start.elapsed());
+    }
+    times.sort();
+    println!(
+        "ListContainerStats over {pods} containers ({lists} calls back to back): p50 {}  p99 {}",
+        ms(percentile(&times, 0.5)),
+        ms(percentile(&times, 0.99))
+    );
+    // The kubelet asks every 10 s or so: calls further apart than the daemon keeps a sample
+    // (1 s) each read every cgroup and network namespace afresh.
+    let mut times = Vec::with_capacity(spaced);
+    for _ in 0..spaced {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let start = Instant::now();
+        rt.list_pod_sandbox_stats(ListPodSandboxStatsRequest { filter: None })
+            .await?;
+        times.push(start.elapsed());
+    }
+    if !times.is_empty() {
+        times.sort();
+        println!(
+            "ListPodSandboxStats over {pods} pods ({spaced} calls 1.1 s apart, fresh reads): \
+             p50 {}  p99 {}",
+            ms(percentile(&times, 0.5)),
+            ms(percentile(&times, 0.99))
+        );
+    }
+
+    // The daemon's own account of its fresh samples (debug log): reading the cgroups, then
+    // waiting for the network thread's remainder.
+    let (mut cgroups, mut network) = (Vec::new(), Vec::new());
+    for line in d.log().lines().filter(|l| l.contains("stats sampled")) {
+        let line = strip_ansi(line);
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k)?.strip_prefix('=')?.parse::<u64>().ok())
+        };
+        if field("read").is_some_and(|r| r as usize >= 2 * pods)
+            && let (Some(c), Some(n)) = (field("cgroups_us"), field("network_wait_us"))
+        {
+            cgroups.push(Duration::from_micros(c));
+            network.push(Duration::from_micros(n));
+        }
+    }
+    if !cgroups.is_empty() {
+        cgroups.sort();
+        network.sort();
+        println!(
+            "  inside criusd, {} fresh samples of every pod and container: cgroups p50 {}, \
+             then network p50 {} more",
+            cgroups.len(),
+            ms(percentile(&cgroups, 0.5)),
+            ms(percentile(&network, 0.5))
+        );
+    }
 
     // RunPodSandbox without a consumer, with one that never reads, and without again (the
     // two baselines bracket the run with it, so drift on a shared machine shows).
