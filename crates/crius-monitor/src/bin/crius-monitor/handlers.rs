@@ -168,6 +168,15 @@ impl Monitor {
     /// request comes while it runs. A failure leaves it to that request's own delete.
     pub fn delete_after_exit(&mut self, i: usize) {
         let c = &self.containers[i];
+        // A Delete already running (a forced one killed it) does the work; a second delete
+        // would race it and make it fail on the vanished state.
+        if self
+            .jobs
+            .iter()
+            .any(|j| matches!(&j.kind, JobKind::Delete { id, .. } if *id == c.id))
+        {
+            return;
+        }
         let (id, systemd) = (c.id.clone(), c.systemd_cgroup);
         let mut args = vec!["delete", id.as_str()];
         if systemd {
