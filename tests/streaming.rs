@@ -454,29 +454,7 @@ async fn a_streaming_exec_ends_with_criusd() -> Result<()> {
         std::path::Path::new(&format!("/proc/{container_pid}")).exists(),
         "the container kept running"
     );
-    let monitor_dir = pod
-        .env
-        .daemon
-        .state()
-        .join("pods")
-        .join(&pod.pod_id)
-        .join("monitor");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let left: Vec<_> = std::fs::read_dir(&monitor_dir)?
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().to_string())
-            .filter(|n| n.starts_with("stream-exec-"))
-            .collect();
-        if left.is_empty() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "per-exec files left: {left:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_no_stream_exec_files(&pod).await?;
     pod.env.daemon.restart().await?;
     let (code, out, err) = crictl_run(&pod, &["exec", &id, "echo", "again"], None).await?;
     assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
@@ -1489,29 +1467,7 @@ async fn kill_client_and_check_nothing_left(
         .collect();
     assert!(left.is_empty(), "per-exec files left: {left:?}");
     // The monitor runs the exec now: its files go once it reaped the runtime.
-    let monitor_dir = pod
-        .env
-        .daemon
-        .state()
-        .join("pods")
-        .join(&pod.pod_id)
-        .join("monitor");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let left: Vec<_> = std::fs::read_dir(&monitor_dir)?
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().to_string())
-            .filter(|n| n.starts_with("stream-exec-"))
-            .collect();
-        if left.is_empty() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "per-exec files left in the monitor's dir: {left:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_no_stream_exec_files(pod).await?;
     Ok(())
 }
 
@@ -2234,4 +2190,32 @@ async fn port_forward_through_the_spdy_over_websocket_tunnel() -> Result<()> {
     session.close().await;
     bridge.abort();
     pod.teardown().await
+}
+
+/// Waits (10 s at most) until the pod monitor's directory holds no per-exec file: the monitor
+/// removes them once it reaped the exec's runtime.
+async fn wait_no_stream_exec_files(pod: &Pod) -> Result<()> {
+    let monitor_dir = pod
+        .env
+        .daemon
+        .state()
+        .join("pods")
+        .join(&pod.pod_id)
+        .join("monitor");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<_> = std::fs::read_dir(&monitor_dir)?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n.starts_with("stream-exec-"))
+            .collect();
+        if left.is_empty() {
+            return Ok(());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "per-exec files left in the monitor's dir: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -124,7 +124,7 @@ impl StatsCollector {
     }
 
     pub fn containers(&self, filter: &ContainerFilter) -> Vec<ContainerUsage> {
-        let list = self.recorded(filter);
+        let list = self.containers.list_recorded(filter);
         let mut pods: HashMap<String, Option<PodRecord>> = HashMap::new();
         let mut records = Vec::with_capacity(list.len());
         let mut targets = Vec::with_capacity(list.len());
@@ -162,7 +162,7 @@ impl StatsCollector {
     pub fn pods(&self, filter: &PodFilter) -> Vec<PodUsage> {
         // Every container once, then grouped by pod (listing per pod scans them all per pod).
         let mut by_pod: HashMap<String, Vec<ContainerRecord>> = HashMap::new();
-        for c in self.recorded(&ContainerFilter::default()) {
+        for c in self.containers.list_recorded(&ContainerFilter::default()) {
             by_pod.entry(c.pod_id.clone()).or_default().push(c);
         }
         let pods = self
@@ -177,27 +177,6 @@ impl StatsCollector {
         let out = self.pod_usages(pods);
         self.forget_gone();
         out
-    }
-
-    /// The containers matching `filter` as recorded. Not refreshed: the exit watcher records
-    /// exits as the monitors report them, and a refresh probes each container's process in
-    /// /proc, which cost more than the whole sample (a fifth of a ListPodSandboxStats).
-    fn recorded(&self, filter: &ContainerFilter) -> Vec<ContainerRecord> {
-        let prefix = |p: &Option<String>, v: &str| p.as_ref().is_none_or(|p| v.starts_with(p));
-        self.containers
-            .ids()
-            .into_iter()
-            .filter(|id| prefix(&filter.id, id))
-            .filter_map(|id| self.containers.get(&id).ok())
-            .filter(|c| prefix(&filter.pod_id, &c.pod_id))
-            .filter(|c| filter.state.is_none_or(|s| c.state == s))
-            .filter(|c| {
-                filter
-                    .labels
-                    .iter()
-                    .all(|(k, v)| c.config.labels.get(k) == Some(v))
-            })
-            .collect()
     }
 
     /// Samples of the pods and their containers, read together.

@@ -14,13 +14,17 @@ impl ContainerManager {
         id: &str,
     ) -> Result<(String, String, UnixStream), RuntimeError> {
         let c = self.running(id)?;
-        let pod = self.pods.get(&c.pod_id)?;
-        let socket = self.monitor_socket(&pod);
-        // No timeout: the session lasts as long as the client stays attached.
-        let stream = self
-            .monitor_unbounded(&pod)?
-            .cancel_handle()
-            .map_err(io_err("connecting to the pod monitor", socket))?;
+        let stream = self.session_connection(&c.pod_id)?;
         Ok((c.id, c.pod_id, stream))
+    }
+
+    /// A connection to pod `pod_id`'s monitor for a streaming session (attach, stream-exec):
+    /// no timeout, the session lasts as long as its client.
+    pub(super) fn session_connection(&self, pod_id: &str) -> Result<UnixStream, RuntimeError> {
+        let pod = self.pods.get(pod_id)?;
+        let socket = self.monitor_socket(&pod);
+        self.monitor_unbounded(&pod)?
+            .cancel_handle()
+            .map_err(io_err("connecting to the pod monitor", socket))
     }
 }

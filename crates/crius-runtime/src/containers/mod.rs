@@ -160,6 +160,20 @@ pub struct ContainerFilter {
     pub labels: BTreeMap<String, String>,
 }
 
+impl ContainerFilter {
+    /// Id and pod id match as prefixes, state exactly, labels all.
+    pub fn matches(&self, c: &ContainerRecord) -> bool {
+        let prefix = |p: &Option<String>, v: &str| p.as_ref().is_none_or(|p| v.starts_with(p));
+        prefix(&self.id, &c.id)
+            && prefix(&self.pod_id, &c.pod_id)
+            && self.state.is_none_or(|s| c.state == s)
+            && self
+                .labels
+                .iter()
+                .all(|(k, v)| c.config.labels.get(k) == Some(v))
+    }
+}
+
 pub struct ExecOutput {
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
@@ -351,29 +365,22 @@ impl ContainerManager {
             .ok_or_else(|| RuntimeError::ContainerNotFound { id: id.into() })
     }
 
+    /// The containers `filter` matches, each brought up to date with its monitor's record.
     pub fn list(&self, filter: &ContainerFilter) -> Vec<ContainerRecord> {
         let ids: Vec<String> = self.lock().keys().cloned().collect();
         ids.iter()
             .filter_map(|id| self.refresh(id).ok())
-            .filter(|c| {
-                filter
-                    .id
-                    .as_ref()
-                    .is_none_or(|p| c.id.starts_with(p.as_str()))
-            })
-            .filter(|c| {
-                filter
-                    .pod_id
-                    .as_ref()
-                    .is_none_or(|p| c.pod_id.starts_with(p.as_str()))
-            })
-            .filter(|c| filter.state.is_none_or(|s| c.state == s))
-            .filter(|c| {
-                filter
-                    .labels
-                    .iter()
-                    .all(|(k, v)| c.config.labels.get(k) == Some(v))
-            })
+            .filter(|c| filter.matches(c))
+            .collect()
+    }
+
+    /// [`list`](Self::list) as stored, without a refresh of each (the exit watch keeps the
+    /// records current): for the stats calls, which must stay cheap over many containers.
+    pub fn list_recorded(&self, filter: &ContainerFilter) -> Vec<ContainerRecord> {
+        self.lock()
+            .values()
+            .filter(|c| filter.matches(c))
+            .cloned()
             .collect()
     }
 

@@ -9,7 +9,7 @@ use crius_monitor::StreamExecRequest;
 
 use super::ContainerManager;
 use super::exec::container_process;
-use crate::error::{RuntimeError, io_err};
+use crate::error::RuntimeError;
 
 /// The streams a streaming exec's client has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -52,13 +52,7 @@ impl ContainerManager {
             width: 0,
             height: 0,
         };
-        let pod = self.pods.get(&c.pod_id)?;
-        let socket = self.monitor_socket(&pod);
-        // No timeout: the session lasts as long as its client.
-        let stream = self
-            .monitor_unbounded(&pod)?
-            .cancel_handle()
-            .map_err(io_err("connecting to the pod monitor", socket))?;
+        let stream = self.session_connection(&c.pod_id)?;
         Ok((req, c.pod_id, stream))
     }
 }
